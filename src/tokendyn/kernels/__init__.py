@@ -1,0 +1,58 @@
+"""Kernel backends: how the N×N attention reduction is evaluated (see base.py)."""
+
+from __future__ import annotations
+
+import torch
+
+from .base import Attended, Backend, Mask, causal_mask, split_mask
+from .dense import DenseBackend
+from .sdpa import SdpaBackend
+from .tiled import TiledBackend
+
+BACKENDS = ("auto", "dense", "tiled", "sdpa")
+DENSE_MAX_TOKENS = 256
+
+
+class AutoBackend(Backend):
+    """Chooses per call: dense for tiny N; on CPU the fused tiled kernel; on GPU SDPA (flash)."""
+
+    name = "auto"
+
+    def __init__(self) -> None:
+        self.dense, self.tiled = DenseBackend(), TiledBackend()
+        self.sdpa = SdpaBackend(fallback=self.tiled)
+
+    def choose(self, q: torch.Tensor, k: torch.Tensor) -> Backend:
+        if q.shape[-2] * k.shape[-2] <= DENSE_MAX_TOKENS**2:
+            return self.dense
+        if q.device.type == "cuda":
+            return self.sdpa
+        return self.tiled
+
+    def attend(self, q, k, v, **kwargs) -> Attended:  # type: ignore[override]
+        return self.choose(q, k).attend(q, k, v, **kwargs)
+
+
+def get_backend(name: str | Backend) -> Backend:
+    """A backend instance from its name (auto, dense, tiled, sdpa) or an instance."""
+    if isinstance(name, Backend):
+        return name
+    factories = {"auto": AutoBackend, "dense": DenseBackend, "tiled": TiledBackend, "sdpa": SdpaBackend}
+    if name not in factories:
+        raise ValueError(f"backend: unknown backend {name!r}. Fix: use one of {', '.join(BACKENDS)}")
+    return factories[name]()
+
+
+__all__ = [
+    "BACKENDS",
+    "Attended",
+    "AutoBackend",
+    "Backend",
+    "DenseBackend",
+    "Mask",
+    "SdpaBackend",
+    "TiledBackend",
+    "causal_mask",
+    "get_backend",
+    "split_mask",
+]

@@ -1,0 +1,176 @@
+/* tokendyn fused tiled attention reductions (CPU). Compiled on first use by fused.py.
+ *
+ * For query rows i in [row_begin, row_end) and keys j (q already carries the scale beta):
+ *   s_ij = <q_i, k_j> + b_j                                  (b: optional key bias)
+ *   mode 0 (exp):     out_i = sum_j softmax_j(s_ij) v_j,   lse_i = log sum_j exp(s_ij)
+ *   mode 1 (sigmoid): out_i = sum_j sigma(s_ij + c) v_j     (no normalisation)
+ * Keys are visited in blocks of TK that stay in L1. The softmax is online and max-shifted: when a
+ * block's maximum exceeds the running maximum m_i, the accumulators are rescaled by
+ * exp(m_old - m_new), so the exponential never sees a positive argument (beta = 1e3 is safe).
+ * Masks: causal (key j visible to query i iff j <= i + causal_offset) or a byte mask (Nq x Nk).
+ * Layouts: q (Nq, dk) row-major; kT (dk, Nk); vT (dv, Nk); out (Nq, dv); one cloud per call.
+ * Dimensions up to 16 (dk == dv) are compile-time constants so every score and accumulator
+ * stays in registers; R queries share each key block.
+ */
+#include <math.h>
+#include <stdint.h>
+
+#define TK 256
+#define R 4
+#define MAXD 512
+
+static inline float exp_f32(float x) {
+    x = x < -87.0f ? -87.0f : x;
+    float n = __builtin_roundf(x * 1.44269504088896341f);
+    float r = x - n * 0.693359375f;
+    r = r + n * 2.12194440e-4f;
+    float p = 1.98412698e-4f;
+    p = p * r + 1.38888889e-3f;
+    p = p * r + 8.33333333e-3f;
+    p = p * r + 4.16666667e-2f;
+    p = p * r + 1.66666667e-1f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    union { float f; int32_t i; } u;
+    u.i = ((int32_t)n + 127) << 23;
+    return p * u.f;
+}
+
+static inline double exp_f64(double x) {
+    x = x < -708.0 ? -708.0 : x;
+    double n = __builtin_round(x * 1.4426950408889634074);
+    double r = x - n * 6.93147180369123816490e-01;
+    r = r - n * 1.90821492927058770002e-10;
+    double p = 1.0 / 6227020800.0;
+    p = p * r + 1.0 / 479001600.0;
+    p = p * r + 1.0 / 39916800.0;
+    p = p * r + 1.0 / 3628800.0;
+    p = p * r + 1.0 / 362880.0;
+    p = p * r + 1.0 / 40320.0;
+    p = p * r + 1.0 / 5040.0;
+    p = p * r + 1.0 / 720.0;
+    p = p * r + 1.0 / 120.0;
+    p = p * r + 1.0 / 24.0;
+    p = p * r + 1.0 / 6.0;
+    p = p * r + 0.5;
+    p = p * r + 1.0;
+    p = p * r + 1.0;
+    union { double f; int64_t i; } u;
+    u.i = ((int64_t)n + 1023) << 52;
+    return p * u.f;
+}
+
+#define DEFINE_BODY(T, SUF, EXPF, LOWEST, SIGCLAMP)                                              \
+static inline __attribute__((always_inline)) void body_##SUF(                                    \
+    const T *q, const T *kT, const T *vT, const T *kbias, const uint8_t *mask,                   \
+    int64_t Nk, int64_t row_begin, int64_t row_end, int64_t causal_offset, int causal,            \
+    const int mode, T sig_bias, const int64_t DK, const int64_t DV, T *out, T *lse) {             \
+    T s[R][TK];                                                                                  \
+    for (int64_t i0 = row_begin; i0 < row_end; i0 += R) {                                        \
+        const int64_t nr = row_end - i0 < R ? row_end - i0 : R;                                  \
+        T m[R], l[R], acc[R][MAXD];                                                              \
+        int64_t jend[R], jmax = 0;                                                               \
+        for (int r = 0; r < R; ++r) {                                                            \
+            m[r] = LOWEST; l[r] = 0;                                                             \
+            for (int64_t a = 0; a < DV; ++a) acc[r][a] = 0;                                      \
+            int64_t je = Nk;                                                                     \
+            if (causal) { je = i0 + (r < nr ? r : 0) + causal_offset + 1; je = je > Nk ? Nk : je; } \
+            jend[r] = r < nr ? je : 0;                                                           \
+            jmax = jend[r] > jmax ? jend[r] : jmax;                                              \
+        }                                                                                        \
+        for (int64_t j0 = 0; j0 < jmax; j0 += TK) {                                              \
+            const int64_t nb = jmax - j0 < TK ? jmax - j0 : TK;                                  \
+            for (int r = 0; r < nr; ++r) {                                                       \
+                const T *qi = q + (i0 + r) * DK;                                                 \
+                T *sr = s[r];                                                                    \
+                const T base = mode ? sig_bias : (T)0;                                           \
+                for (int64_t j = 0; j < nb; ++j) {                                               \
+                    T z = kbias ? kbias[j0 + j] + base : base;                                   \
+                    for (int64_t a = 0; a < DK; ++a) z += qi[a] * kT[a * Nk + j0 + j];           \
+                    sr[j] = z;                                                                   \
+                }                                                                                \
+                const int64_t vis = jend[r] - j0;                                                \
+                if (mask) {                                                                      \
+                    const uint8_t *mr = mask + (i0 + r) * Nk + j0;                               \
+                    for (int64_t j = 0; j < nb; ++j) sr[j] = mr[j] ? sr[j] : LOWEST;             \
+                }                                                                                \
+                for (int64_t j = (vis > 0 ? vis : 0); j < nb; ++j) sr[j] = LOWEST;               \
+                if (mode == 0) {                                                                 \
+                    T bm = LOWEST;                                                               \
+                    for (int64_t j = 0; j < nb; ++j) bm = sr[j] > bm ? sr[j] : bm;               \
+                    if (bm > m[r]) {                                                             \
+                        const T c = EXPF(m[r] - bm);                                             \
+                        l[r] *= c;                                                               \
+                        for (int64_t a = 0; a < DV; ++a) acc[r][a] *= c;                         \
+                        m[r] = bm;                                                               \
+                    }                                                                            \
+                }                                                                                \
+            }                                                                                    \
+            for (int r = 0; r < nr; ++r) {                                                       \
+                if (mode == 0 && m[r] == LOWEST) continue;                                       \
+                T sa[MAXD], ls = 0;                                                              \
+                for (int64_t a = 0; a < DV; ++a) sa[a] = 0;                                      \
+                const T mr = m[r];                                                               \
+                const T *sr = s[r];                                                              \
+                for (int64_t j = 0; j < nb; ++j) {                                               \
+                    T e;                                                                         \
+                    if (mode == 0) {                                                             \
+                        e = sr[j] == LOWEST ? (T)0 : EXPF(sr[j] - mr);                           \
+                    } else {                                                                     \
+                        T z = sr[j];                                                             \
+                        const int dead = z == LOWEST;                                            \
+                        z = z > SIGCLAMP ? SIGCLAMP : (z < -SIGCLAMP ? -SIGCLAMP : z);           \
+                        const T ex = EXPF(z > 0 ? -z : z);                                       \
+                        e = dead ? (T)0 : (z > 0 ? (T)1 / ((T)1 + ex) : ex / ((T)1 + ex));       \
+                    }                                                                            \
+                    ls += e;                                                                     \
+                    for (int64_t a = 0; a < DV; ++a) sa[a] += e * vT[a * Nk + j0 + j];          \
+                }                                                                                \
+                l[r] += ls;                                                                      \
+                for (int64_t a = 0; a < DV; ++a) acc[r][a] += sa[a];                             \
+            }                                                                                    \
+        }                                                                                        \
+        for (int r = 0; r < nr; ++r) {                                                           \
+            const int64_t i = i0 + r;                                                            \
+            if (mode == 0) {                                                                     \
+                const T inv = l[r] > 0 ? (T)1 / l[r] : (T)0;                                     \
+                for (int64_t a = 0; a < DV; ++a) out[i * DV + a] = acc[r][a] * inv;              \
+                if (lse) lse[i] = l[r] > 0 ? m[r] + log(l[r]) : LOWEST;                          \
+            } else {                                                                             \
+                for (int64_t a = 0; a < DV; ++a) out[i * DV + a] = acc[r][a];                    \
+            }                                                                                    \
+        }                                                                                        \
+    }                                                                                            \
+}                                                                                                \
+                                                                                                 \
+void tokendyn_attend_##SUF(const T *q, const T *kT, const T *vT, const T *kbias,                 \
+                           const uint8_t *mask, int64_t Nk, int64_t dk, int64_t dv,              \
+                           int64_t row_begin, int64_t row_end, int64_t causal_offset,            \
+                           int causal, int mode, T sig_bias, T *out, T *lse) {                    \
+    if (dk == dv) {                                                                              \
+        switch (dk) {                                                                            \
+        case 1: body_##SUF(q, kT, vT, kbias, mask, Nk, row_begin, row_end, causal_offset,        \
+                           causal, mode, sig_bias, 1, 1, out, lse); return;                      \
+        case 2: body_##SUF(q, kT, vT, kbias, mask, Nk, row_begin, row_end, causal_offset,        \
+                           causal, mode, sig_bias, 2, 2, out, lse); return;                      \
+        case 3: body_##SUF(q, kT, vT, kbias, mask, Nk, row_begin, row_end, causal_offset,        \
+                           causal, mode, sig_bias, 3, 3, out, lse); return;                      \
+        case 4: body_##SUF(q, kT, vT, kbias, mask, Nk, row_begin, row_end, causal_offset,        \
+                           causal, mode, sig_bias, 4, 4, out, lse); return;                      \
+        case 8: body_##SUF(q, kT, vT, kbias, mask, Nk, row_begin, row_end, causal_offset,        \
+                           causal, mode, sig_bias, 8, 8, out, lse); return;                      \
+        case 16: body_##SUF(q, kT, vT, kbias, mask, Nk, row_begin, row_end, causal_offset,       \
+                            causal, mode, sig_bias, 16, 16, out, lse); return;                   \
+        default: break;                                                                          \
+        }                                                                                        \
+    }                                                                                            \
+    body_##SUF(q, kT, vT, kbias, mask, Nk, row_begin, row_end, causal_offset, causal, mode,      \
+               sig_bias, dk, dv, out, lse);                                                      \
+}
+
+DEFINE_BODY(float, f32, exp_f32, -3.0e38f, 80.0f)
+DEFINE_BODY(double, f64, exp_f64, -1.0e308, 700.0)
+
+int tokendyn_fused_abi(void) { return 2; }
+int tokendyn_fused_max_dim(void) { return MAXD; }
