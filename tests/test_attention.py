@@ -147,15 +147,22 @@ def test_sinkhorn_plan_is_doubly_stochastic(gen):
 
 
 def test_sinkhorn_matches_pot(gen):
-    """Independent implementation: POT's log-domain Sinkhorn on the cost −⟨Qx, Ky⟩ with reg ε = 1/β."""
+    """Independent implementation: POT's log-domain Sinkhorn, cost −⟨Qx, Ky⟩, reg ε = 1/β."""
     ot = pytest.importorskip("ot")
     Q, K, V = random_qkv(2, gen)
     x = _cloud(60, 2, b=1)
     beta = 1.5
     cost = -(x[0] @ Q.T) @ (x[0] @ K.T).T
     a = torch.full((60,), 1 / 60, dtype=F64)
-    P_pot = ot.sinkhorn(a.numpy(), a.numpy(), cost.numpy(), 1 / beta, method="sinkhorn_log",
-                        stopThr=1e-13, numItermax=10_000)
+    P_pot = ot.sinkhorn(
+        a.numpy(),
+        a.numpy(),
+        cost.numpy(),
+        1 / beta,
+        method="sinkhorn_log",
+        stopThr=1e-13,
+        numItermax=10_000,
+    )
     P = SinkhornAttention([Head(Q, K, V, beta)], tol=1e-12, backend="dense").plan(x)[0]
     assert abs(P.numpy() - P_pot).max() < 1e-10
 

@@ -3,7 +3,14 @@
 import pytest
 import torch
 
-from tokendyn.kernels import AutoBackend, DenseBackend, SdpaBackend, TiledBackend, fused, get_backend
+from tokendyn.kernels import (
+    AutoBackend,
+    DenseBackend,
+    SdpaBackend,
+    TiledBackend,
+    fused,
+    get_backend,
+)
 
 F64 = torch.float64
 BACKENDS = {
@@ -92,6 +99,16 @@ def test_fused_kernel_is_built_here():
     assert fused.available()
 
 
+def test_loading_the_fused_kernel_keeps_subnormals():
+    """The library must not switch the process to flush-to-zero (as -ffast-math linking would)."""
+    import numpy as np
+
+    assert fused.load() is not None
+    tiny = np.array([2.2250738585072014e-308]) / 4
+    assert tiny[0] > 0
+    assert (torch.tensor([2.2250738585072014e-308], dtype=F64) / 4).item() > 0
+
+
 def test_unknown_backend_is_a_clear_error():
     with pytest.raises(ValueError, match="backend: unknown backend 'fast'"):
         get_backend("fast")
@@ -103,5 +120,7 @@ def test_unknown_backend_is_a_clear_error():
 def test_cuda_backends_agree(name):
     q, k, v, bias, _ = _inputs(8)
     ref = DenseBackend().attend(q, k, v, key_bias=bias, mask="causal")
-    got = get_backend(name).attend(q.cuda(), k.cuda(), v.cuda(), key_bias=bias.cuda(), mask="causal")
+    got = get_backend(name).attend(
+        q.cuda(), k.cuda(), v.cuda(), key_bias=bias.cuda(), mask="causal"
+    )
     assert (got.out.cpu() - ref.out).abs().max() < 1e-10

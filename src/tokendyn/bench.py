@@ -17,12 +17,14 @@ pair, the 1 being the normaliser), against the peaks `measure_peaks` finds in th
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import re
 import resource
 import sys
 import time
 from collections.abc import Callable, Iterator
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +55,7 @@ DT = 0.1
 SEED = 0
 GEMM_SIZE = 2048
 EXP_ELEMENTS = 2**24
-PEAK_TRIALS = 5
+PEAK_TRIALS = 10
 LARGE_WARMUP_N = 256
 DENSE_MAX_N = 4096
 NAIVE_MAX_N = 8192
@@ -150,11 +152,21 @@ def _proc_kib(field: str) -> int:
     return int(match.group(1))
 
 
+@cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, or None (other C libraries)."""
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
 def _measure_memory(fn: Callable[[], object], device: torch.device) -> tuple[int, int, str]:
     """Run fn once; (extra bytes it needed, absolute peak bytes, method).
 
     cuda: max_memory_allocated − memory_allocated before, after reset_peak_memory_stats.
-    cpu ("proc"): write 5 to /proc/self/clear_refs (resets VmHWM), then VmHWM after − VmRSS before.
+    cpu ("proc"): write 5 to /proc/self/clear_refs (resets VmHWM), then VmHWM after − VmRSS before;
+    freed heap pages are first returned to the OS (glibc malloc_trim) so that reusing them counts.
     cpu ("getrusage", no /proc): rise of the lifetime peak ru_maxrss (under-reports if the process
     already peaked higher before).
     """
@@ -167,6 +179,9 @@ def _measure_memory(fn: Callable[[], object], device: torch.device) -> tuple[int
         torch.cuda.synchronize(device)
         peak = torch.cuda.max_memory_allocated(device)
         return max(0, peak - before), peak, "cuda"
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
     try:
         (_PROC / "clear_refs").write_text("5")
         before = _proc_kib("VmRSS")
@@ -342,10 +357,10 @@ def bench_large(
             f"{backend} materialises the n×n matrix ({gib:.1f} GiB at n={n}; limit n ≤ {limit})",
             "use backend='tiled' or 'sdpa'",
         )
-    step = _workload(_attention(backend), _cloud(LARGE_WARMUP_N, d, tdtype, dev), 1)
-    step()  # warm-up: compiles the fused kernel, starts its threads
+    attend = _attention(backend)
+    _workload(attend, _cloud(LARGE_WARMUP_N, d, tdtype, dev), 1)()  # compiles the fused kernel
     peaks = measure_peaks(dev, dtype)
-    step = _workload(_attention(backend), _cloud(n, d, tdtype, dev), 1)
+    step = _workload(attend, _cloud(n, d, tdtype, dev), 1)
     seconds = 0.0
 
     def timed_step() -> None:

@@ -15,8 +15,11 @@ from rich.console import Console
 
 from .errors import TokendynError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="tokendyn: transformers as interacting particle systems (tokens = particles, depth = time).")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="tokendyn: transformers as interacting particle systems (tokens = particles).",
+)
 err_console = Console(stderr=True)
 
 
@@ -28,7 +31,7 @@ def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except TokendynError as err:
-            err_console.print(f"[bold red]error:[/] {err}", highlight=False)
+            err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
             raise typer.Exit(code=2) from None
 
     return wrapper
@@ -53,9 +56,13 @@ BackendChoice = _choices("auto", "dense", "tiled", "sdpa")
 @friendly_errors
 def simulate(
     attention: Annotated[Attention | None, typer.Option(help="attention variant")] = None,
-    heads: Annotated[int | None, typer.Option("--heads", help="number of heads H (divides d)")] = None,
+    heads: Annotated[
+        int | None, typer.Option("--heads", help="number of heads H (divides d)")
+    ] = None,
     mask: Annotated[MaskChoice | None, typer.Option(help="none or causal")] = None,
-    normalise: Annotated[Normalise | None, typer.Option(help="softmax (partition function) or n (divide by N)")] = None,
+    normalise: Annotated[
+        Normalise | None, typer.Option(help="softmax (partition function) or n (divide by N)")
+    ] = None,
     space: Annotated[SpaceChoice | None, typer.Option(help="sphere or euclidean")] = None,
     n: Annotated[int | None, typer.Option("--n", help="number of tokens N")] = None,
     d: Annotated[int | None, typer.Option("--d", help="token dimension d")] = None,
@@ -65,26 +72,55 @@ def simulate(
     t_end: Annotated[float | None, typer.Option("--t-end", help="final time")] = None,
     dt: Annotated[float | None, typer.Option(help="time step")] = None,
     method: Annotated[Method | None, typer.Option(help="euler, heun or rk4")] = None,
-    save_every: Annotated[int | None, typer.Option("--save-every", help="save every K steps")] = None,
+    save_every: Annotated[
+        int | None, typer.Option("--save-every", help="save every K steps")
+    ] = None,
     dtype: Annotated[Dtype | None, typer.Option(help="float64 or float32")] = None,
     device: Annotated[Device | None, typer.Option(help="cpu or cuda")] = None,
     backend: Annotated[BackendChoice | None, typer.Option(help="kernel backend")] = None,
     batch: Annotated[int | None, typer.Option(help="independent clouds simulated together")] = None,
-    config: Annotated[Path | None, typer.Option("--config", help="TOML file with the same fields")] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="zarr store written while the run goes")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="continue the run stored at --out")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing --out store")] = False,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="TOML file with the same fields")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="zarr store written while the run goes")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="continue the run stored at --out")
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="replace an existing --out store")
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="no progress bar or summary")] = False,
 ) -> None:
     """Simulate N tokens under self-attention; flags override the --config file."""
     from .config import load_config, make_config
     from .run import run_simulation
 
-    given = {k: (v.value if isinstance(v, Enum) else v) for k, v in {
-        "attention": attention, "heads": heads, "mask": mask, "normalise": normalise, "space": space,
-        "n": n, "d": d, "beta": beta, "qkv": qkv, "seed": seed, "t_end": t_end, "dt": dt,
-        "method": method, "save_every": save_every, "dtype": dtype, "device": device,
-        "backend": backend, "batch": batch}.items() if v is not None}
+    given = {
+        k: (v.value if isinstance(v, Enum) else v)
+        for k, v in {
+            "attention": attention,
+            "heads": heads,
+            "mask": mask,
+            "normalise": normalise,
+            "space": space,
+            "n": n,
+            "d": d,
+            "beta": beta,
+            "qkv": qkv,
+            "seed": seed,
+            "t_end": t_end,
+            "dt": dt,
+            "method": method,
+            "save_every": save_every,
+            "dtype": dtype,
+            "device": device,
+            "backend": backend,
+            "batch": batch,
+        }.items()
+        if v is not None
+    }
     cfg = load_config(config, **given) if config is not None else make_config(**given)
     ds = run_simulation(cfg, out, resume=resume, overwrite=overwrite, progress=not quiet)
     if quiet:
@@ -102,9 +138,11 @@ def simulate(
 @friendly_errors
 def plot(
     run: Annotated[Path, typer.Argument(help="a run store (.zarr) or netCDF export")],
-    out: Annotated[Path | None, typer.Option("--out", help="folder for the PNGs (default: RUN_figures)")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="folder for the PNGs (default: RUN_figures)")
+    ] = None,
 ) -> None:
-    """Figures of a stored run: angles on the circle, the cloud on S², Gram histograms, statistics."""
+    """Figures of a stored run: circle angles, the cloud on S², Gram histograms, statistics."""
     from .plot import plot_run
     from .store import open_run
 
@@ -118,7 +156,9 @@ def plot(
 @friendly_errors
 def animate(
     run: Annotated[Path, typer.Argument(help="a run store (.zarr) or netCDF export")],
-    out: Annotated[Path | None, typer.Option("--out", help="output .gif or .mp4 (default: RUN.gif)")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="output .gif or .mp4 (default: RUN.gif)")
+    ] = None,
     fps: Annotated[int, typer.Option(help="frames per second")] = 10,
 ) -> None:
     """GIF/MP4 of a stored run's cloud over time."""
@@ -146,13 +186,19 @@ def bench(
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
     n: Annotated[list[int] | None, typer.Option("--n", help="token counts (repeatable)")] = None,
     d: Annotated[list[int] | None, typer.Option("--d", help="dimensions (repeatable)")] = None,
-    dtype: Annotated[list[str] | None, typer.Option("--dtype", help="float32/float64 (repeatable)")] = None,
-    backend: Annotated[list[str] | None, typer.Option("--backend", help="dense/tiled/sdpa/naive (repeatable)")] = None,
+    dtype: Annotated[
+        list[str] | None, typer.Option("--dtype", help="float32/float64 (repeatable)")
+    ] = None,
+    backend: Annotated[
+        list[str] | None, typer.Option("--backend", help="dense/tiled/sdpa/naive (repeatable)")
+    ] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
     repeats: Annotated[int, typer.Option(help="timed repeats (best is kept)")] = 3,
-    large: Annotated[bool, typer.Option("--large", help="also one Euler step at N=200 000, d=3")] = False,
+    large: Annotated[
+        bool, typer.Option("--large", help="also one Euler step at N=200 000, d=3")
+    ] = False,
 ) -> None:
-    """Throughput of every kernel backend (pairs/s, fraction of this machine's measured peak, memory)."""
+    """Throughput of every backend: pairs/s, fraction of this machine's measured peak, memory."""
     from .bench import bench_large, format_table, run_bench
 
     kwargs: dict[str, Any] = {"device": device, "repeats": repeats}
@@ -176,15 +222,21 @@ def bench(
 @app.command()
 @friendly_errors
 def reproduce(
-    quick: Annotated[bool, typer.Option("--quick", help="small sizes: minutes on a laptop")] = False,
-    out: Annotated[Path, typer.Option("--out", help="report folder (index.html, summary.json, figures)")] = Path("report"),
+    quick: Annotated[
+        bool, typer.Option("--quick", help="small sizes: minutes on a laptop")
+    ] = False,
+    out: Annotated[
+        Path, typer.Option("--out", help="report folder (index.html, summary.json, figures)")
+    ] = Path("report"),
 ) -> None:
     """Run the reproduction checks and write an HTML report with figures and a pass/fail table."""
     from .report import write_report
 
     summary = write_report(out, quick=quick)
     failed = [c["name"] for c in summary if not c["passed"]]
-    Console().print(f"{len(summary) - len(failed)}/{len(summary)} checks passed → {out / 'index.html'}")
+    Console().print(
+        f"{len(summary) - len(failed)}/{len(summary)} checks passed → {out / 'index.html'}"
+    )
     if failed:
         err_console.print(f"[bold red]failed:[/] {', '.join(failed)}")
         raise typer.Exit(code=1)

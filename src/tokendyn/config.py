@@ -24,18 +24,23 @@ class SimulationConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     attention: Literal["softmax", "l2", "sinkhorn", "sigmoid"] = Field(
-        "softmax", description="attention variant: softmax, l2, sinkhorn or sigmoid")
+        "softmax", description="attention variant: softmax, l2, sinkhorn or sigmoid"
+    )
     heads: int = Field(1, ge=1, description="number of heads H (must divide d)")
-    mask: Literal["none", "causal"] = Field("none", description="'none' or 'causal' (token i sees j ≤ i)")
+    mask: Literal["none", "causal"] = Field(
+        "none", description="'none' or 'causal' (token i sees j ≤ i)"
+    )
     normalise: Literal["softmax", "n"] | None = Field(
-        None, description="'softmax' (partition function) or 'n' (divide by N); default per variant")
+        None, description="'softmax' (partition function) or 'n' (divide by N); default per variant"
+    )
     space: Literal["sphere", "euclidean"] = Field("sphere", description="'sphere' or 'euclidean'")
     n: int = Field(64, ge=1, description="number of tokens N ≥ 1")
     d: int = Field(3, ge=1, description="token dimension d ≥ 1 (≥ 2 on the sphere)")
     batch: int = Field(1, ge=1, description="number of independent clouds B simulated together")
     beta: float = Field(1.0, gt=0, description="inverse temperature β > 0")
     qkv: Literal["identity", "random"] = Field(
-        "identity", description="Q=K=V=I, or random Gaussian matrices with entries N(0, 1/d)")
+        "identity", description="Q=K=V=I, or random Gaussian matrices with entries N(0, 1/d)"
+    )
     Q: Matrix | None = Field(None, description="explicit query matrix (k×d); overrides qkv")
     K: Matrix | None = Field(None, description="explicit key matrix (k×d); overrides qkv")
     V: Matrix | None = Field(None, description="explicit value matrix (d×d); overrides qkv")
@@ -47,35 +52,48 @@ class SimulationConfig(BaseModel):
     dtype: Literal["float64", "float32"] = Field("float64", description="float64 or float32")
     device: Literal["cpu", "cuda"] = Field("cpu", description="cpu or cuda")
     backend: Literal["auto", "dense", "tiled", "sdpa"] = Field(
-        "auto", description="kernel backend: auto, dense, tiled or sdpa")
+        "auto", description="kernel backend: auto, dense, tiled or sdpa"
+    )
     init_mean: list[float] | None = Field(None, description="Euclidean initial mean (length d)")
     init_cov: Matrix | None = Field(None, description="Euclidean initial covariance (d×d, PSD)")
     sinkhorn_tol: float = Field(1e-9, gt=0, description="Sinkhorn marginal tolerance > 0")
     sinkhorn_max_iter: int = Field(1000, ge=1, description="Sinkhorn iteration cap ≥ 1")
     sigmoid_bias: float = Field(0.0, description="sigmoid bias b (mean-field form)")
     sigmoid_form: Literal["meanfield", "practical"] = Field(
-        "meanfield", description="'meanfield' (1/N, bias b) or 'practical' (bias −log N, no 1/N)")
+        "meanfield", description="'meanfield' (1/N, bias b) or 'practical' (bias −log N, no 1/N)"
+    )
     stats: list[str] = Field(
         default_factory=lambda: ["energy", "clusters", "effective_dim"],
-        description="statistics saved at every saved step (energy, clusters, effective_dim)")
-    cluster_threshold: float = Field(1e-2, gt=0, description="distance below which tokens are one cluster")
+        description="statistics saved at every saved step (energy, clusters, effective_dim)",
+    )
+    cluster_threshold: float = Field(
+        1e-2, gt=0, description="distance below which tokens are one cluster"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> SimulationConfig:
         if self.space == "sphere" and self.d < 2:
             raise ValueError("d: the sphere S^(d-1) needs d ≥ 2; use d ≥ 2 or space = 'euclidean'")
         if self.d % self.heads:
-            raise ValueError(f"heads: {self.heads} heads do not divide d={self.d}; choose H dividing d")
+            raise ValueError(
+                f"heads: {self.heads} heads do not divide d={self.d}; choose H dividing d"
+            )
         steps = self.t_end / self.dt
         if abs(steps - round(steps)) > 1e-9 * max(1.0, steps):
-            raise ValueError(f"dt: t_end={self.t_end} is not a multiple of dt={self.dt}; "
-                             "choose dt dividing t_end")
+            raise ValueError(
+                f"dt: t_end={self.t_end} is not a multiple of dt={self.dt}; "
+                "choose dt dividing t_end"
+            )
         if self.attention == "sinkhorn" and self.mask != "none":
             raise ValueError("mask: Sinkhorn attention has no masked form; use mask = 'none'")
         if self.attention == "sigmoid" and self.normalise == "softmax":
-            raise ValueError("normalise: sigmoid attention has no partition function; use normalise = 'n'")
+            raise ValueError(
+                "normalise: sigmoid attention has no partition function; use normalise = 'n'"
+            )
         if self.attention == "sinkhorn" and self.normalise == "n":
-            raise ValueError("normalise: Sinkhorn attention is normalised by its marginals; use 'softmax'")
+            raise ValueError(
+                "normalise: Sinkhorn attention is normalised by its marginals; use 'softmax'"
+            )
         for name in ("Q", "K", "V"):
             value = getattr(self, name)
             if value is not None and (not value or len({len(r) for r in value}) != 1):
@@ -140,9 +158,13 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         with p.open("rb") as fh:
             return tomllib.load(fh)
     except tomllib.TOMLDecodeError as err:
-        raise ConfigError("config", f"{p} is not valid TOML ({err})", "fix the TOML syntax") from None
+        raise ConfigError(
+            "config", f"{p} is not valid TOML ({err})", "fix the TOML syntax"
+        ) from None
     except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError("config", f"cannot read {p} ({err})", "check the file's permissions/encoding") from None
+        raise ConfigError(
+            "config", f"cannot read {p} ({err})", "check the file's permissions/encoding"
+        ) from None
 
 
 def load_config(path: str | Path, **overrides: Any) -> SimulationConfig:

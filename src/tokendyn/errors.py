@@ -20,7 +20,11 @@ class NonFiniteStateError(TokendynError):
 
     def __init__(self, step: int, time: float, saved_until: float | None) -> None:
         self.step, self.time, self.saved_until = step, time, saved_until
-        kept = "nothing was saved yet" if saved_until is None else f"saved frames up to t={saved_until:g} are kept"
+        kept = (
+            "nothing was saved yet"
+            if saved_until is None
+            else f"saved frames up to t={saved_until:g} are kept"
+        )
         super().__init__(
             f"state: NaN or Inf appeared at step {step} (t={time:g}); {kept}. "
             "Fix: lower dt, lower beta, use float64, or work on the sphere (bounded states)."

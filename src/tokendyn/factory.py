@@ -18,15 +18,19 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def make_matrices(cfg: SimulationConfig, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def make_matrices(
+    cfg: SimulationConfig, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Q, K, V (float64): explicit ones from the config, else identity or N(0, 1/d) entries."""
     d = cfg.d
     if cfg.qkv == "random":
         drawn = [torch.randn(d, d, generator=gen, dtype=torch.float64) / d**0.5 for _ in range(3)]
     else:
         drawn = [torch.eye(d, dtype=torch.float64) for _ in range(3)]
-    Q, K, V = (drawn[i] if getattr(cfg, name) is None else as_matrix(getattr(cfg, name), name)
-               for i, name in enumerate("QKV"))
+    Q, K, V = (
+        drawn[i] if getattr(cfg, name) is None else as_matrix(getattr(cfg, name), name)
+        for i, name in enumerate("QKV")
+    )
     return Q, K, V
 
 
@@ -37,8 +41,11 @@ def make_field(cfg: SimulationConfig, gen: torch.Generator | None = None) -> Att
         heads = [Head(Q, K, V, cfg.beta)]
     else:
         if Q.shape[0] > cfg.d:
-            raise ConfigError("Q", f"has {Q.shape[0]} rows; multi-head needs at most d={cfg.d}",
-                              "give Q, K with at most d rows")
+            raise ConfigError(
+                "Q",
+                f"has {Q.shape[0]} rows; multi-head needs at most d={cfg.d}",
+                "give Q, K with at most d rows",
+            )
         heads = split_heads(Q, K, V, cfg.heads, cfg.beta)
     common = dict(mask=None if cfg.mask == "none" else cfg.mask, backend=cfg.backend)
     cls = VARIANTS[cfg.attention]
@@ -54,8 +61,11 @@ def make_field(cfg: SimulationConfig, gen: torch.Generator | None = None) -> Att
 def make_space(cfg: SimulationConfig) -> Space:
     if cfg.space == "sphere":
         if cfg.init_mean is not None or cfg.init_cov is not None:
-            raise ConfigError("init_mean", "initial Gaussians apply only in R^d",
-                              "drop init_mean/init_cov or use space = 'euclidean'")
+            raise ConfigError(
+                "init_mean",
+                "initial Gaussians apply only in R^d",
+                "drop init_mean/init_cov or use space = 'euclidean'",
+            )
         return get_space("sphere", cfg.d)
     return get_space("euclidean", cfg.d, mean=cfg.init_mean, cov=cfg.init_cov)
 

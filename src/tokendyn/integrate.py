@@ -68,7 +68,10 @@ class FrameSink(Protocol):
 
 
 def frames_to_dataset(
-    frames: list[Frame], *, batched: bool, attrs: Mapping[str, str] | None = None,
+    frames: list[Frame],
+    *,
+    batched: bool,
+    attrs: Mapping[str, str] | None = None,
     positions: bool = False,
 ) -> xr.Dataset:
     """Frames → Dataset with `x` (time, [batch,] token, dim), coordinates time and step, and one
@@ -76,7 +79,7 @@ def frames_to_dataset(
     x = np.stack([f.x for f in frames])
     _, B, N, d = x.shape
     lead = ("time", "batch") if batched else ("time",)
-    data = {"x": (lead + ("token", "dim"), x if batched else x[:, 0])}
+    data = {"x": ((*lead, "token", "dim"), x if batched else x[:, 0])}
     for name in frames[0].stats:
         values = np.stack([f.stats[name] for f in frames])
         data[name] = (lead, values if batched else values[:, 0])
@@ -116,16 +119,24 @@ def simulate(
     Raises NonFiniteStateError (after the sink has every earlier frame) if NaN/Inf appears.
     """
     if method not in METHODS:
-        raise ConfigError("method", f"unknown method {method!r}", f"use one of {', '.join(METHODS)}")
+        raise ConfigError(
+            "method", f"unknown method {method!r}", f"use one of {', '.join(METHODS)}"
+        )
     if not (dt > 0 and t_end > 0):
-        raise ConfigError("dt", f"dt={dt}, t_end={t_end}; both must be > 0", "give positive dt and t_end")
+        raise ConfigError(
+            "dt", f"dt={dt}, t_end={t_end}; both must be > 0", "give positive dt and t_end"
+        )
     if save_every < 1:
         raise ConfigError("save_every", f"is {save_every}", "use an integer ≥ 1")
     n_steps = round(t_end / dt)
     if abs(n_steps * dt - t_end) > 1e-9 * max(1.0, t_end):
-        raise ConfigError("dt", f"t_end={t_end} is not a multiple of dt={dt}", "choose dt dividing t_end")
+        raise ConfigError(
+            "dt", f"t_end={t_end} is not a multiple of dt={dt}", "choose dt dividing t_end"
+        )
     if not torch.isfinite(x0).all():
-        raise ConfigError("x0", "the initial state contains NaN or Inf", "give a finite initial cloud")
+        raise ConfigError(
+            "x0", "the initial state contains NaN or Inf", "give a finite initial cloud"
+        )
     batched = x0.dim() == 3 and x0.shape[0] > 1
     x = x0 if x0.dim() == 3 else x0.unsqueeze(0)
     step_fn = METHODS[method]
@@ -175,10 +186,15 @@ def simulate(
     return frames_to_dataset(frames, batched=batched, attrs=meta, positions=positions)
 
 
-def _progress_bar(total: int):  # noqa: ANN202 - rich types kept local
+def _progress_bar(total: int):
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    bar = Progress(TextColumn("simulating"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
-                   TimeRemainingColumn(), transient=True)
+    bar = Progress(
+        TextColumn("simulating"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} steps"),
+        TimeRemainingColumn(),
+        transient=True,
+    )
     bar.start()
     return bar, bar.add_task("steps", total=total)

@@ -14,7 +14,7 @@ from .errors import StoreError
 from .factory import DTYPES, build, resolve_device
 from .integrate import Statistic, simulate
 from .observables import get_observable
-from .store import ZarrSink, open_run, prepare_new_store, stored_config
+from .store import ZarrSink, open_run, prepare_new_store, stored_config, truncate_incomplete_frames
 
 # Fields that may differ between a stored run and its resumption.
 RESUMABLE_CHANGES = {"t_end"}
@@ -43,16 +43,28 @@ def run_simulation(
     t_end may grow). Returns the full Dataset (lazy, from the store, when out is given)."""
     field, space, x0 = build(cfg)
     attrs = {"config": cfg.to_json(), "tokendyn_version": __version__, "field": field.describe()}
-    kwargs = dict(t_end=cfg.t_end, dt=cfg.dt, method=cfg.method, save_every=cfg.save_every,
-                  stats=statistics(cfg), progress=progress, attrs=attrs)
+    kwargs = dict(
+        t_end=cfg.t_end,
+        dt=cfg.dt,
+        method=cfg.method,
+        save_every=cfg.save_every,
+        stats=statistics(cfg),
+        progress=progress,
+        attrs=attrs,
+    )
     batched = cfg.batch > 1
     x_start = x0 if batched else x0[0]
     if out is None:
         if resume:
-            raise StoreError("resume: there is nothing to resume without --out. Fix: give --out PATH.zarr")
+            raise StoreError(
+                "resume: there is nothing to resume without --out. Fix: give --out PATH.zarr"
+            )
         return simulate(field, space, x_start, **kwargs)
     positions = cfg.mask == "causal"
-    if resume and Path(out).exists():
+    # A store killed before its first complete frame holds nothing to resume: start afresh.
+    if resume and Path(out).is_dir() and truncate_incomplete_frames(out) == 0:
+        overwrite = True
+    if resume and Path(out).exists() and not overwrite:
         ds = open_run(out)
         _check_resumable(stored_config(ds), cfg, out)
         last_step = int(ds["step"].values[-1])
@@ -71,9 +83,16 @@ def run_simulation(
 
 def _check_resumable(stored: dict, cfg: SimulationConfig, out: str | Path) -> None:
     current = json.loads(cfg.to_json())
-    differ = sorted(k for k in set(stored) | set(current)
-                    if k not in RESUMABLE_CHANGES and stored.get(k) != current.get(k))
+    differ = sorted(
+        k
+        for k in set(stored) | set(current)
+        if k not in RESUMABLE_CHANGES and stored.get(k) != current.get(k)
+    )
     if differ:
-        detail = ", ".join(f"{k}: stored {stored.get(k)!r} vs now {current.get(k)!r}" for k in differ)
-        raise StoreError(f"resume: the store at {out} was made by a different run ({detail}). "
-                         "Fix: use the same settings (only t_end may change), or --overwrite")
+        detail = ", ".join(
+            f"{k}: stored {stored.get(k)!r} vs now {current.get(k)!r}" for k in differ
+        )
+        raise StoreError(
+            f"resume: the store at {out} was made by a different run ({detail}). "
+            "Fix: use the same settings (only t_end may change), or --overwrite"
+        )

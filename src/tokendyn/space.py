@@ -55,14 +55,20 @@ class Euclidean(Space):
         if self.cov is not None:
             cov = torch.as_tensor(self.cov, dtype=torch.float64)
             if cov.shape != (d, d):
-                raise ConfigError("init_cov", f"has shape {tuple(cov.shape)}, expected ({d}, {d})",
-                                  f"give a {d}×{d} covariance matrix")
+                raise ConfigError(
+                    "init_cov",
+                    f"has shape {tuple(cov.shape)}, expected ({d}, {d})",
+                    f"give a {d}×{d} covariance matrix",
+                )
             z = z @ _psd_sqrt(cov).T
         if self.mean is not None:
             mean = torch.as_tensor(self.mean, dtype=torch.float64)
             if mean.shape != (d,):
-                raise ConfigError("init_mean", f"has length {mean.numel()}, expected {d}",
-                                  f"give a list of {d} numbers")
+                raise ConfigError(
+                    "init_mean",
+                    f"has length {mean.numel()}, expected {d}",
+                    f"give a list of {d} numbers",
+                )
             z = z + mean
         return z.to(dtype)
 
@@ -74,8 +80,11 @@ class Sphere(Space):
 
     def __init__(self, d: int | None = None) -> None:
         if d is not None and d < 2:
-            raise ConfigError("d", f"d={d} is too small for the sphere S^(d-1)",
-                              "use d ≥ 2 on the sphere, or --space euclidean")
+            raise ConfigError(
+                "d",
+                f"d={d} is too small for the sphere S^(d-1)",
+                "use d ≥ 2 on the sphere, or --space euclidean",
+            )
 
     def project(self, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         x_hat = x / x.norm(dim=-1, keepdim=True)
@@ -88,19 +97,27 @@ class Sphere(Space):
         self, batch: int, n: int, d: int, generator: torch.Generator, dtype: torch.dtype
     ) -> torch.Tensor:
         if d < 2:
-            raise ConfigError("d", f"d={d} is too small for the sphere S^(d-1)",
-                              "use d ≥ 2 on the sphere, or --space euclidean")
+            raise ConfigError(
+                "d",
+                f"d={d} is too small for the sphere S^(d-1)",
+                "use d ≥ 2 on the sphere, or --space euclidean",
+            )
         z = torch.randn(batch, n, d, generator=generator, dtype=torch.float64)
         return self.retract(z).to(dtype)
 
 
 def _psd_sqrt(cov: torch.Tensor) -> torch.Tensor:
     if not torch.allclose(cov, cov.T, atol=1e-12):
-        raise ConfigError("init_cov", "is not symmetric", "give a symmetric positive semidefinite matrix")
+        raise ConfigError(
+            "init_cov", "is not symmetric", "give a symmetric positive semidefinite matrix"
+        )
     evals, evecs = torch.linalg.eigh(cov)
     if evals.min() < -1e-12 * max(1.0, evals.abs().max().item()):
-        raise ConfigError("init_cov", f"has a negative eigenvalue {evals.min().item():.3g}",
-                          "give a positive semidefinite covariance")
+        raise ConfigError(
+            "init_cov",
+            f"has a negative eigenvalue {evals.min().item():.3g}",
+            "give a positive semidefinite covariance",
+        )
     return evecs @ torch.diag(evals.clamp(min=0).sqrt()) @ evecs.T
 
 

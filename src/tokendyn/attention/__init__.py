@@ -1,4 +1,4 @@
-"""Attention velocity fields Γ[μ](x): one module per variant, one interface (base.AttentionField)."""
+"""Attention velocity fields Γ[μ](x): one module per variant, one interface (AttentionField)."""
 
 from .base import AttentionField, Head, as_matrix, check_head, split_heads
 from .l2 import L2Attention

@@ -45,9 +45,13 @@ def as_matrix(value: object, name: str) -> torch.Tensor:
     try:
         t = torch.as_tensor(value, dtype=torch.float64)
     except (TypeError, ValueError, RuntimeError) as err:
-        raise ConfigError(name, f"is not a numeric matrix ({err})", "give a list of rows of numbers") from err
+        raise ConfigError(
+            name, f"is not a numeric matrix ({err})", "give a list of rows of numbers"
+        ) from err
     if t.dim() != 2:
-        raise ConfigError(name, f"has {t.dim()} dimensions, expected a matrix", "give a list of rows")
+        raise ConfigError(
+            name, f"has {t.dim()} dimensions, expected a matrix", "give a list of rows"
+        )
     if not torch.isfinite(t).all():
         raise ConfigError(name, "contains NaN or Inf", "give finite entries")
     return t
@@ -57,33 +61,51 @@ def check_head(head: Head, d: int, index: int = 0) -> None:
     """Validate shapes: Q, K ∈ R^{k×d}, V ∈ R^{m×d}, W ∈ R^{d×m} (V square d×d when W is None)."""
     label = "" if index == 0 else f" (head {index})"
     if head.W is None and head.V.shape != (d, d):
-        raise ConfigError("V", f"has shape {tuple(head.V.shape)}{label}, expected ({d}, {d})",
-                          "give a square d×d value matrix")
+        raise ConfigError(
+            "V",
+            f"has shape {tuple(head.V.shape)}{label}, expected ({d}, {d})",
+            "give a square d×d value matrix",
+        )
     for name in ("Q", "K", "V"):
         t = getattr(head, name)
         if t.dim() != 2 or t.shape[1] != d:
-            raise ConfigError(name, f"has shape {tuple(t.shape)}{label}, expected (k, {d})",
-                              f"give a matrix with {d} columns (the token dimension d)")
+            raise ConfigError(
+                name,
+                f"has shape {tuple(t.shape)}{label}, expected (k, {d})",
+                f"give a matrix with {d} columns (the token dimension d)",
+            )
     if head.Q.shape != head.K.shape:
-        raise ConfigError("K", f"has shape {tuple(head.K.shape)} but Q has {tuple(head.Q.shape)}{label}",
-                          "give Q and K the same shape (k, d)")
+        raise ConfigError(
+            "K",
+            f"has shape {tuple(head.K.shape)} but Q has {tuple(head.Q.shape)}{label}",
+            "give Q and K the same shape (k, d)",
+        )
     if head.W is not None and head.W.shape != (d, head.V.shape[0]):
-        raise ConfigError("W", f"has shape {tuple(head.W.shape)}{label}, expected ({d}, {head.V.shape[0]})",
-                          "give an output map of shape (d, m)")
+        raise ConfigError(
+            "W",
+            f"has shape {tuple(head.W.shape)}{label}, expected ({d}, {head.V.shape[0]})",
+            "give an output map of shape (d, m)",
+        )
     if not (head.beta > 0 and math.isfinite(head.beta)):
-        raise ConfigError("beta", f"is {head.beta}, it must be a finite number > 0",
-                          "use e.g. --beta 1.0")
+        raise ConfigError(
+            "beta", f"is {head.beta}, it must be a finite number > 0", "use e.g. --beta 1.0"
+        )
 
 
-def split_heads(Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, heads: int, beta: float) -> list[Head]:
+def split_heads(
+    Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, heads: int, beta: float
+) -> list[Head]:
     """The authors' multi-head convention: head h uses the h-th block of k = d/H consecutive rows of
     Q, K and V, and writes its output into the same block (W_h = block selector, so C_h = V with the
     rows outside block h set to zero). If Q has fewer rows, later heads get empty Q_h, K_h (A_h = 0,
     i.e. uniform attention)."""
     d = V.shape[1]
     if heads < 1 or d % heads:
-        raise ConfigError("heads", f"{heads} heads do not divide d={d}",
-                          f"choose a number of heads that divides {d}")
+        raise ConfigError(
+            "heads",
+            f"{heads} heads do not divide d={d}",
+            f"choose a number of heads that divides {d}",
+        )
     k = d // heads
     out = []
     for h in range(heads):
@@ -99,10 +121,14 @@ def check_state(x: torch.Tensor, d: int | None = None) -> torch.Tensor:
     if x.dim() == 2:
         x = x.unsqueeze(0)
     if x.dim() != 3:
-        raise TokendynError(f"x: has shape {tuple(x.shape)}; expected (N, d) or (B, N, d). Fix: reshape the cloud")
+        raise TokendynError(
+            f"x: has shape {tuple(x.shape)}; expected (N, d) or (B, N, d). Fix: reshape the cloud"
+        )
     if d is not None and x.shape[-1] != d:
-        raise TokendynError(f"x: tokens have dimension {x.shape[-1]} but the field expects d={d}. "
-                            "Fix: use matrices with d columns or a cloud of dimension d")
+        raise TokendynError(
+            f"x: tokens have dimension {x.shape[-1]} but the field expects d={d}. "
+            "Fix: use matrices with d columns or a cloud of dimension d"
+        )
     return x
 
 
@@ -125,17 +151,27 @@ class AttentionField(ABC):
         for i, head in enumerate(heads):
             check_head(head, self.d, i)
         if normalise not in ("softmax", "n"):
-            raise ConfigError("normalise", f"unknown normalisation {normalise!r}", "use 'softmax' or 'n'")
+            raise ConfigError(
+                "normalise", f"unknown normalisation {normalise!r}", "use 'softmax' or 'n'"
+            )
         if isinstance(mask, torch.Tensor):
             if mask.dtype != torch.bool or mask.dim() != 2 or mask.shape[0] != mask.shape[1]:
-                raise ConfigError("mask", f"must be a square bool (N, N) tensor, got {mask.dtype} "
-                                  f"{tuple(mask.shape)}", "pass a bool tensor with True = visible")
+                raise ConfigError(
+                    "mask",
+                    f"must be a square bool (N, N) tensor, got {mask.dtype} {tuple(mask.shape)}",
+                    "pass a bool tensor with True = visible",
+                )
             if normalise == "softmax" and not mask.any(dim=1).all():
                 row = int((~mask.any(dim=1)).nonzero()[0])
-                raise ConfigError("mask", f"row {row} hides every token, so its softmax is undefined",
-                                  "let every token see at least one token (e.g. itself)")
+                raise ConfigError(
+                    "mask",
+                    f"row {row} hides every token, so its softmax is undefined",
+                    "let every token see at least one token (e.g. itself)",
+                )
         elif mask not in (None, "causal"):
-            raise ConfigError("mask", f"unknown mask {mask!r}", "use None, 'causal' or a bool tensor")
+            raise ConfigError(
+                "mask", f"unknown mask {mask!r}", "use None, 'causal' or a bool tensor"
+            )
         self.heads = heads
         self.mask = mask
         self.normalise: Normalise = normalise
@@ -152,8 +188,11 @@ class AttentionField(ABC):
         squeeze = x.dim() == 2
         xb = check_state(x, self.d)
         if isinstance(self.mask, torch.Tensor) and self.mask.shape[0] != xb.shape[1]:
-            raise ConfigError("mask", f"is {tuple(self.mask.shape)} but the cloud has {xb.shape[1]} tokens",
-                              "give an (N, N) mask matching the number of tokens")
+            raise ConfigError(
+                "mask",
+                f"is {tuple(self.mask.shape)} but the cloud has {xb.shape[1]} tokens",
+                "give an (N, N) mask matching the number of tokens",
+            )
         v = torch.zeros_like(xb)
         for index, head in enumerate(self.heads):
             out = self.head_output(index, head, xb)
@@ -165,10 +204,12 @@ class AttentionField(ABC):
         """Σ_j w^h_ij V_h x_j for one head, shape (B, N, m_h)."""
 
     def unnormalise(self, out: torch.Tensor, log_z: torch.Tensor, n: int) -> torch.Tensor:
-        """Turn a softmax average into the N-normalised sum: (1/N) Σ_j e^{s_ij} v_j = e^{lse_i − log N}·out_i."""
+        """Softmax average → N-normalised sum: (1/N) Σ_j e^{s_ij} v_j = e^{lse_i − log N}·out_i."""
         return out * torch.exp(log_z - math.log(n)).unsqueeze(-1)
 
     def describe(self) -> str:
-        return (f"{self.variant} attention, {len(self.heads)} head(s), d={self.d}, "
-                f"mask={self.mask if not isinstance(self.mask, torch.Tensor) else 'custom'}, "
-                f"normalise={self.normalise}, backend={self.backend.name}")
+        return (
+            f"{self.variant} attention, {len(self.heads)} head(s), d={self.d}, "
+            f"mask={self.mask if not isinstance(self.mask, torch.Tensor) else 'custom'}, "
+            f"normalise={self.normalise}, backend={self.backend.name}"
+        )

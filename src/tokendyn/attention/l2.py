@@ -23,8 +23,9 @@ class L2Attention(AttentionField):
         v = x @ head.V.T
         key_bias = -head.beta * (k * k).sum(-1)
         need = self.normalise == "n"
-        out, lse = self.backend.attend(2 * head.beta * qx, k, v, key_bias=key_bias,
-                                       mask=self.mask, need_lse=need)
+        out, lse = self.backend.attend(
+            2 * head.beta * qx, k, v, key_bias=key_bias, mask=self.mask, need_lse=need
+        )
         if not need:
             return out
         log_z = lse - head.beta * (qx * qx).sum(-1)

@@ -23,14 +23,20 @@ SigmoidForm = Literal["meanfield", "practical"]
 class SigmoidAttention(AttentionField):
     variant = "sigmoid"
 
-    def __init__(self, heads: list[Head], *, bias: float = 0.0, form: SigmoidForm = "meanfield",
-                 **kwargs) -> None:
+    def __init__(
+        self, heads: list[Head], *, bias: float = 0.0, form: SigmoidForm = "meanfield", **kwargs
+    ) -> None:
         normalise = kwargs.pop("normalise", "n")
         if normalise != "n":
-            raise ConfigError("normalise", "sigmoid attention has no partition function",
-                              "use normalise 'n' (the 1/N mean-field form) with sigmoid attention")
+            raise ConfigError(
+                "normalise",
+                "sigmoid attention has no partition function",
+                "use normalise 'n' (the 1/N mean-field form) with sigmoid attention",
+            )
         if form not in ("meanfield", "practical"):
-            raise ConfigError("sigmoid_form", f"unknown form {form!r}", "use 'meanfield' or 'practical'")
+            raise ConfigError(
+                "sigmoid_form", f"unknown form {form!r}", "use 'meanfield' or 'practical'"
+            )
         if not math.isfinite(bias):
             raise ConfigError("sigmoid_bias", "must be finite", "give a finite bias b")
         super().__init__(heads, normalise="n", **kwargs)

@@ -25,24 +25,36 @@ from .base import AttentionField, Head
 class SinkhornAttention(AttentionField):
     variant = "sinkhorn"
 
-    def __init__(self, heads: list[Head], *, tol: float = 1e-9, max_iter: int = 1000, **kwargs) -> None:
+    def __init__(
+        self, heads: list[Head], *, tol: float = 1e-9, max_iter: int = 1000, **kwargs
+    ) -> None:
         if kwargs.get("mask") is not None:
-            raise ConfigError("mask", "Sinkhorn attention has no masked form",
-                              "use --mask none with --attention sinkhorn")
+            raise ConfigError(
+                "mask",
+                "Sinkhorn attention has no masked form",
+                "use --mask none with --attention sinkhorn",
+            )
         if kwargs.get("normalise", "softmax") != "softmax":
-            raise ConfigError("normalise", "Sinkhorn attention is normalised by its marginals",
-                              "use --normalise softmax with --attention sinkhorn")
+            raise ConfigError(
+                "normalise",
+                "Sinkhorn attention is normalised by its marginals",
+                "use --normalise softmax with --attention sinkhorn",
+            )
         if not (tol > 0):
             raise ConfigError("sinkhorn_tol", f"is {tol}, it must be > 0", "use e.g. 1e-9")
         if max_iter < 1:
-            raise ConfigError("sinkhorn_max_iter", f"is {max_iter}, it must be ≥ 1", "use e.g. 1000")
+            raise ConfigError(
+                "sinkhorn_max_iter", f"is {max_iter}, it must be ≥ 1", "use e.g. 1000"
+            )
         super().__init__(heads, **kwargs)
         self.tol, self.max_iter = tol, max_iter
         self._g: dict[int, torch.Tensor] = {}
         self.last_iterations = 0
         self.last_error = 0.0
 
-    def potentials(self, index: int, head: Head, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def potentials(
+        self, index: int, head: Head, x: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(q, k, f, g) at convergence for one head; q = β x Qᵀ, k = x Kᵀ."""
         n = x.shape[1]
         log_n = math.log(n)
@@ -54,6 +66,7 @@ class SinkhornAttention(AttentionField):
         f = None
         error = math.inf
         for iteration in range(1, self.max_iter + 1):
+            self.last_iterations = iteration
             row_lse = self.backend.logsumexp(q, k, key_bias=g)
             if f is not None:
                 error = (torch.exp(f + row_lse - log_n) - 1).abs().max().item()
@@ -65,10 +78,11 @@ class SinkhornAttention(AttentionField):
             warnings.warn(
                 f"Sinkhorn did not reach tol={self.tol:g} in {self.max_iter} iterations "
                 f"(marginal error {error:.2e}); raise sinkhorn_max_iter or lower beta",
-                RuntimeWarning, stacklevel=3,
+                RuntimeWarning,
+                stacklevel=3,
             )
         self._g[index] = g
-        self.last_iterations, self.last_error = iteration, error
+        self.last_error = error
         assert f is not None
         return q, k, f, g
 

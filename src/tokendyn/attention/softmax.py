@@ -1,6 +1,7 @@
 """Dot-product softmax self-attention (single- and multi-head, optionally masked).
 
-    Γ[μ](x_i) = Σ_h W_h Σ_j P^h_ij V_h x_j,  P^h_ij = exp(β_h⟨Q_h x_i, K_h x_j⟩) / Σ_l exp(β_h⟨Q_h x_i, K_h x_l⟩)
+    Γ[μ](x_i) = Σ_h W_h Σ_j P^h_ij V_h x_j,
+    P^h_ij = exp(β_h⟨Q_h x_i, K_h x_j⟩) / Σ_l exp(β_h⟨Q_h x_i, K_h x_l⟩)
 
 The sum includes j = i. With mask="causal" the softmax runs over j ≤ i. With normalise="n" (the
 unnormalised "USA" variant) the partition function is replaced by N:

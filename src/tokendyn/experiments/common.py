@@ -34,12 +34,20 @@ class Check:
 
     @property
     def rule(self) -> str:
-        return {"abs": "|sim − theory| ≤ tol", "at_least": "sim ≥ theory − tol",
-                "at_most": "sim ≤ theory + tol"}[self.comparison]
+        return {
+            "abs": "|sim − theory| ≤ tol",
+            "at_least": "sim ≥ theory − tol",
+            "at_most": "sim ≤ theory + tol",
+        }[self.comparison]
 
     def as_dict(self) -> dict:
-        return {"name": self.name, "theory": self.theory, "simulation": self.simulation,
-                "tolerance": self.tolerance, "passed": self.passed}
+        return {
+            "name": self.name,
+            "theory": float(self.theory),
+            "simulation": float(self.simulation),
+            "tolerance": float(self.tolerance),
+            "passed": bool(self.passed),
+        }
 
 
 @dataclass

@@ -37,9 +37,16 @@ def get_backend(name: str | Backend) -> Backend:
     """A backend instance from its name (auto, dense, tiled, sdpa) or an instance."""
     if isinstance(name, Backend):
         return name
-    factories = {"auto": AutoBackend, "dense": DenseBackend, "tiled": TiledBackend, "sdpa": SdpaBackend}
+    factories = {
+        "auto": AutoBackend,
+        "dense": DenseBackend,
+        "tiled": TiledBackend,
+        "sdpa": SdpaBackend,
+    }
     if name not in factories:
-        raise ValueError(f"backend: unknown backend {name!r}. Fix: use one of {', '.join(BACKENDS)}")
+        raise ValueError(
+            f"backend: unknown backend {name!r}. Fix: use one of {', '.join(BACKENDS)}"
+        )
     return factories[name]()
 
 

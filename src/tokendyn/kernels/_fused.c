@@ -10,7 +10,9 @@
  * Masks: causal (key j visible to query i iff j <= i + causal_offset) or a byte mask (Nq x Nk).
  * Layouts: q (Nq, dk) row-major; kT (dk, Nk); vT (dv, Nk); out (Nq, dv); one cloud per call.
  * Dimensions up to 16 (dk == dv) are compile-time constants so every score and accumulator
- * stays in registers; R queries share each key block.
+ * stays in registers; R queries share each key block. Built with -O3 -march=native and the
+ * value-unsafe parts of -ffast-math, never -ffast-math itself (its crtfastmath.o would set
+ * flush-to-zero for the whole process).
  */
 #include <math.h>
 #include <stdint.h>
@@ -67,9 +69,10 @@ static inline __attribute__((always_inline)) void body_##SUF(                   
     int64_t Nk, int64_t row_begin, int64_t row_end, int64_t causal_offset, int causal,            \
     const int mode, T sig_bias, const int64_t DK, const int64_t DV, T *out, T *lse) {             \
     T s[R][TK];                                                                                  \
+    const int64_t DA = DV > 0 ? DV : 1;                                                          \
     for (int64_t i0 = row_begin; i0 < row_end; i0 += R) {                                        \
         const int64_t nr = row_end - i0 < R ? row_end - i0 : R;                                  \
-        T m[R], l[R], acc[R][MAXD];                                                              \
+        T m[R], l[R], acc[R][DA];                                                                  \
         int64_t jend[R], jmax = 0;                                                               \
         for (int r = 0; r < R; ++r) {                                                            \
             m[r] = LOWEST; l[r] = 0;                                                             \
@@ -85,8 +88,13 @@ static inline __attribute__((always_inline)) void body_##SUF(                   
                 const T *qi = q + (i0 + r) * DK;                                                 \
                 T *sr = s[r];                                                                    \
                 const T base = mode ? sig_bias : (T)0;                                           \
+                if (kbias) {                                                                     \
+                    for (int64_t j = 0; j < nb; ++j) sr[j] = kbias[j0 + j] + base;               \
+                } else {                                                                         \
+                    for (int64_t j = 0; j < nb; ++j) sr[j] = base;                               \
+                }                                                                                \
                 for (int64_t j = 0; j < nb; ++j) {                                               \
-                    T z = kbias ? kbias[j0 + j] + base : base;                                   \
+                    T z = sr[j];                                                                 \
                     for (int64_t a = 0; a < DK; ++a) z += qi[a] * kT[a * Nk + j0 + j];           \
                     sr[j] = z;                                                                   \
                 }                                                                                \
@@ -109,7 +117,7 @@ static inline __attribute__((always_inline)) void body_##SUF(                   
             }                                                                                    \
             for (int r = 0; r < nr; ++r) {                                                       \
                 if (mode == 0 && m[r] == LOWEST) continue;                                       \
-                T sa[MAXD], ls = 0;                                                              \
+                T sa[DA], ls = 0;                                                                  \
                 for (int64_t a = 0; a < DV; ++a) sa[a] = 0;                                      \
                 const T mr = m[r];                                                               \
                 const T *sr = s[r];                                                              \
@@ -143,34 +151,38 @@ static inline __attribute__((always_inline)) void body_##SUF(                   
         }                                                                                        \
     }                                                                                            \
 }                                                                                                \
-                                                                                                 \
+
+#define CALL_BODY(SUF, MODE, DKC, DVC)                                                           \
+    body_##SUF(q, kT, vT, kbias, mask, Nk, row_begin, row_end, causal_offset, causal, MODE,       \
+               sig_bias, DKC, DVC, out, lse)
+
+#define DISPATCH_DIMS(SUF, MODE)                                                                 \
+    if (dk == dv) {                                                                              \
+        switch (dk) {                                                                            \
+        case 1: CALL_BODY(SUF, MODE, 1, 1); return;                                              \
+        case 2: CALL_BODY(SUF, MODE, 2, 2); return;                                              \
+        case 3: CALL_BODY(SUF, MODE, 3, 3); return;                                              \
+        case 4: CALL_BODY(SUF, MODE, 4, 4); return;                                              \
+        case 8: CALL_BODY(SUF, MODE, 8, 8); return;                                              \
+        case 16: CALL_BODY(SUF, MODE, 16, 16); return;                                           \
+        default: break;                                                                          \
+        }                                                                                        \
+    }                                                                                            \
+    CALL_BODY(SUF, MODE, dk, dv); return;
+
+#define DEFINE_ENTRY(T, SUF)                                                                     \
 void tokendyn_attend_##SUF(const T *q, const T *kT, const T *vT, const T *kbias,                 \
                            const uint8_t *mask, int64_t Nk, int64_t dk, int64_t dv,              \
                            int64_t row_begin, int64_t row_end, int64_t causal_offset,            \
                            int causal, int mode, T sig_bias, T *out, T *lse) {                    \
-    if (dk == dv) {                                                                              \
-        switch (dk) {                                                                            \
-        case 1: body_##SUF(q, kT, vT, kbias, mask, Nk, row_begin, row_end, causal_offset,        \
-                           causal, mode, sig_bias, 1, 1, out, lse); return;                      \
-        case 2: body_##SUF(q, kT, vT, kbias, mask, Nk, row_begin, row_end, causal_offset,        \
-                           causal, mode, sig_bias, 2, 2, out, lse); return;                      \
-        case 3: body_##SUF(q, kT, vT, kbias, mask, Nk, row_begin, row_end, causal_offset,        \
-                           causal, mode, sig_bias, 3, 3, out, lse); return;                      \
-        case 4: body_##SUF(q, kT, vT, kbias, mask, Nk, row_begin, row_end, causal_offset,        \
-                           causal, mode, sig_bias, 4, 4, out, lse); return;                      \
-        case 8: body_##SUF(q, kT, vT, kbias, mask, Nk, row_begin, row_end, causal_offset,        \
-                           causal, mode, sig_bias, 8, 8, out, lse); return;                      \
-        case 16: body_##SUF(q, kT, vT, kbias, mask, Nk, row_begin, row_end, causal_offset,       \
-                            causal, mode, sig_bias, 16, 16, out, lse); return;                   \
-        default: break;                                                                          \
-        }                                                                                        \
-    }                                                                                            \
-    body_##SUF(q, kT, vT, kbias, mask, Nk, row_begin, row_end, causal_offset, causal, mode,      \
-               sig_bias, dk, dv, out, lse);                                                      \
+    if (mode == 0) { DISPATCH_DIMS(SUF, 0) }                                                     \
+    DISPATCH_DIMS(SUF, 1)                                                                        \
 }
 
 DEFINE_BODY(float, f32, exp_f32, -3.0e38f, 80.0f)
 DEFINE_BODY(double, f64, exp_f64, -1.0e308, 700.0)
+DEFINE_ENTRY(float, f32)
+DEFINE_ENTRY(double, f64)
 
 int tokendyn_fused_abi(void) { return 2; }
 int tokendyn_fused_max_dim(void) { return MAXD; }

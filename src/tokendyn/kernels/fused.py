@@ -23,7 +23,21 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("_fused.c")
-_FLAGS = ["-O3", "-ffast-math", "-fPIC", "-shared", "-march=native", "-mprefer-vector-width=512"]
+# The parts of -ffast-math that vectorise reductions, but not -ffast-math itself: that links
+# crtfastmath.o, which would switch the whole Python process to flush-subnormals-to-zero.
+_FLAGS = [
+    "-O3",
+    "-fno-math-errno",
+    "-fno-trapping-math",
+    "-fno-signed-zeros",
+    "-fassociative-math",
+    "-freciprocal-math",
+    "-ffinite-math-only",
+    "-fPIC",
+    "-shared",
+    "-march=native",
+    "-mprefer-vector-width=512",
+]
 _BUILD_LOCK = threading.Lock()
 MAX_DIM = 512
 
@@ -61,7 +75,7 @@ def _compile(target: Path) -> None:
 
 @cache
 def load() -> ctypes.CDLL | None:
-    """The compiled library, or None when it cannot be built here (TOKENDYN_NO_FUSED=1 disables it)."""
+    """The compiled library, or None if it cannot be built (TOKENDYN_NO_FUSED=1 disables it)."""
     if os.environ.get("TOKENDYN_NO_FUSED"):
         return None
     path = _library_path()
@@ -148,7 +162,9 @@ def attend(
         lse_b = None if lse is None else lse[b].data_ptr()
         for start in range(0, Nq, chunk):
             stop = min(Nq, start + chunk)
-            jobs.append((*args_b, Nk, dk, dv, start, stop, 0, int(causal), mode, sigmoid_bias, out_b, lse_b))
+            jobs.append(
+                (*args_b, Nk, dk, dv, start, stop, 0, int(causal), mode, sigmoid_bias, out_b, lse_b)
+            )
     if workers == 1 or len(jobs) == 1:
         for job in jobs:
             fn(*job)

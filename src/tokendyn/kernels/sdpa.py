@@ -35,8 +35,14 @@ class SdpaBackend(Backend):
         allowed, causal = split_mask(mask)
         if weight != "exp" or need_lse or (causal and key_bias is not None) or v.shape[-1] == 0:
             return self.fallback.attend(
-                q, k, v, key_bias=key_bias, mask=mask, weight=weight,
-                sigmoid_bias=sigmoid_bias, need_lse=need_lse,
+                q,
+                k,
+                v,
+                key_bias=key_bias,
+                mask=mask,
+                weight=weight,
+                sigmoid_bias=sigmoid_bias,
+                need_lse=need_lse,
             )
         attn_mask = None
         if key_bias is not None:

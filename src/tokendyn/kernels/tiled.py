@@ -24,7 +24,8 @@ class TiledBackend(Backend):
         self.block_q, self.block_k, self.use_fused = block_q, block_k, use_fused
 
     def __repr__(self) -> str:
-        return f"TiledBackend(block_q={self.block_q}, block_k={self.block_k}, use_fused={self.use_fused})"
+        blocks = f"block_q={self.block_q}, block_k={self.block_k}"
+        return f"TiledBackend({blocks}, use_fused={self.use_fused})"
 
     def attend(
         self,
@@ -41,9 +42,13 @@ class TiledBackend(Backend):
         allowed, causal = split_mask(mask)
         if self.use_fused and fused.supports(q, v):
             mode = 0 if weight == "exp" else 1
-            out, lse = fused.attend(q, k, v, key_bias, allowed, causal, mode, sigmoid_bias, need_lse)
+            out, lse = fused.attend(
+                q, k, v, key_bias, allowed, causal, mode, sigmoid_bias, need_lse
+            )
             return Attended(out, lse)
-        return self._torch_blocks(q, k, v, key_bias, allowed, causal, weight, sigmoid_bias, need_lse)
+        return self._torch_blocks(
+            q, k, v, key_bias, allowed, causal, weight, sigmoid_bias, need_lse
+        )
 
     def _torch_blocks(
         self,
