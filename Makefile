@@ -27,8 +27,7 @@ test-all: install
 	$(BIN)/python -m pytest -q -m "slow or not slow"
 
 bench: install
-	$(BIN)/tokendyn bench
-	$(BIN)/tokendyn bench --json --n 200000 --d 3 --backend tiled --repeats 1
+	$(BIN)/tokendyn bench --d 2 --d 3 --d 4 --d 8 --d 16 --large
 
 lint: install
 	$(BIN)/ruff check src tests

@@ -11,10 +11,14 @@ from .tiled import TiledBackend
 
 BACKENDS = ("auto", "dense", "tiled", "sdpa")
 DENSE_MAX_TOKENS = 256
+# Measured on a 2-core AVX-512 CPU (`tokendyn bench`): the fused tiled kernel wins up to d = 8
+# (2× SDPA at d ≤ 4), SDPA's GEMM-based flash kernel wins above (2× at d = 16).
+FUSED_MAX_HEAD_DIM = 8
 
 
 class AutoBackend(Backend):
-    """Chooses per call: dense for tiny N; on CPU the fused tiled kernel; on GPU SDPA (flash)."""
+    """Chooses per call: dense for tiny N; on CPU the fused tiled kernel for head dimensions ≤ 8
+    and SDPA above; on GPU SDPA (flash). SDPA hands what it cannot do to the tiled backend."""
 
     name = "auto"
 
@@ -25,7 +29,7 @@ class AutoBackend(Backend):
     def choose(self, q: torch.Tensor, k: torch.Tensor) -> Backend:
         if q.shape[-2] * k.shape[-2] <= DENSE_MAX_TOKENS**2:
             return self.dense
-        if q.device.type == "cuda":
+        if q.device.type == "cuda" or q.shape[-1] > FUSED_MAX_HEAD_DIM:
             return self.sdpa
         return self.tiled
 

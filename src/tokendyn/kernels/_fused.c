@@ -89,14 +89,18 @@ static inline __attribute__((always_inline)) void body_##SUF(                   
                 T *sr = s[r];                                                                    \
                 const T base = mode ? sig_bias : (T)0;                                           \
                 if (kbias) {                                                                     \
-                    for (int64_t j = 0; j < nb; ++j) sr[j] = kbias[j0 + j] + base;               \
+                    const T *kb = kbias + j0;                                                    \
+                    for (int64_t j = 0; j < nb; ++j) {                                           \
+                        T z = kb[j] + base;                                                      \
+                        for (int64_t a = 0; a < DK; ++a) z += qi[a] * kT[a * Nk + j0 + j];       \
+                        sr[j] = z;                                                               \
+                    }                                                                            \
                 } else {                                                                         \
-                    for (int64_t j = 0; j < nb; ++j) sr[j] = base;                               \
-                }                                                                                \
-                for (int64_t j = 0; j < nb; ++j) {                                               \
-                    T z = sr[j];                                                                 \
-                    for (int64_t a = 0; a < DK; ++a) z += qi[a] * kT[a * Nk + j0 + j];           \
-                    sr[j] = z;                                                                   \
+                    for (int64_t j = 0; j < nb; ++j) {                                           \
+                        T z = base;                                                              \
+                        for (int64_t a = 0; a < DK; ++a) z += qi[a] * kT[a * Nk + j0 + j];       \
+                        sr[j] = z;                                                               \
+                    }                                                                            \
                 }                                                                                \
                 const int64_t vis = jend[r] - j0;                                                \
                 if (mask) {                                                                      \
@@ -115,6 +119,8 @@ static inline __attribute__((always_inline)) void body_##SUF(                   
                     }                                                                            \
                 }                                                                                \
             }                                                                                    \
+            /* Blocks with hidden (masked) keys need exact zeros; the others skip the test. */    \
+            const int hidden = mask != 0 || (causal && j0 + nb > jend[0]);                       \
             for (int r = 0; r < nr; ++r) {                                                       \
                 if (mode == 0 && m[r] == LOWEST) continue;                                       \
                 T sa[DA], ls = 0;                                                                  \
@@ -124,7 +130,8 @@ static inline __attribute__((always_inline)) void body_##SUF(                   
                 for (int64_t j = 0; j < nb; ++j) {                                               \
                     T e;                                                                         \
                     if (mode == 0) {                                                             \
-                        e = sr[j] == LOWEST ? (T)0 : EXPF(sr[j] - mr);                           \
+                        e = EXPF(sr[j] - mr);                                                    \
+                        if (hidden) e = sr[j] == LOWEST ? (T)0 : e;                              \
                     } else {                                                                     \
                         T z = sr[j];                                                             \
                         const int dead = z == LOWEST;                                            \

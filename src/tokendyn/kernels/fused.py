@@ -147,8 +147,10 @@ def attend(
     out = torch.empty(B, Nq, dv, dtype=dtype)
     lse = torch.empty(B, Nq, dtype=dtype) if (need_lse and mode == 0) else None
     workers = max(1, torch.get_num_threads())
-    # Causal rows have unequal cost: many small chunks balance the threads.
-    chunk = max(4, -(-Nq // (8 * workers)))
+    # Causal rows have unequal cost: many small chunks balance the threads; otherwise one
+    # chunk per thread and batch element keeps the dispatch overhead negligible at small N.
+    pieces = 8 * workers if causal else max(1, -(-workers // B))
+    chunk = max(4, -(-Nq // pieces))
     jobs = []
     for b in range(B):
         args_b = (
