@@ -13,6 +13,9 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from .cli_closure import register as register_closure
+from .cli_dmft import register as register_dmft
+from .cli_icl import register as register_icl
 from .errors import TokendynError
 
 app = typer.Typer(
@@ -228,11 +231,14 @@ def reproduce(
     out: Annotated[
         Path, typer.Option("--out", help="report folder (index.html, summary.json, figures)")
     ] = Path("report"),
+    section: Annotated[
+        list[str] | None, typer.Option("--section", help="run only these sections (repeatable)")
+    ] = None,
 ) -> None:
     """Run the reproduction checks and write an HTML report with figures and a pass/fail table."""
     from .report import write_report
 
-    summary = write_report(out, quick=quick)
+    summary = write_report(out, quick=quick, only=section)
     failed = [c["name"] for c in summary if not c["passed"]]
     Console().print(
         f"{len(summary) - len(failed)}/{len(summary)} checks passed → {out / 'index.html'}"
@@ -240,6 +246,10 @@ def reproduce(
     if failed:
         err_console.print(f"[bold red]failed:[/] {', '.join(failed)}")
         raise typer.Exit(code=1)
+
+
+for _register in (register_closure, register_dmft, register_icl):
+    _register(app)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -8,10 +8,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from .errors import ConfigError
 from .experiments import Section, engine
 
-# Each reproduced result adds its experiment's run(quick, out_dir) here.
-SECTIONS: list[Callable[[bool, Path], Section]] = [engine.run]
+# Each reproduced result adds its experiment's run(quick, out_dir) here, under a short name.
+SECTIONS: dict[str, Callable[[bool, Path], Section]] = {"engine": engine.run}
 
 
 CSS = """
@@ -66,12 +67,19 @@ def render_html(sections: list[Section], seconds: float, quick: bool) -> str:
     return "\n".join(parts)
 
 
-def write_report(out: str | Path, quick: bool = True) -> list[dict]:
-    """Run all sections into `out`; returns the summary (list of check dicts)."""
+def write_report(out: str | Path, quick: bool = True, only: list[str] | None = None) -> list[dict]:
+    """Run the sections (all, or those named in `only`) into `out`; returns the summary."""
+    unknown = sorted(set(only or ()) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(
+            "section",
+            f"unknown section(s) {', '.join(unknown)}",
+            f"choose from {', '.join(SECTIONS)}",
+        )
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    sections = [run(quick, out_dir) for run in SECTIONS]
+    sections = [run(quick, out_dir) for name, run in SECTIONS.items() if not only or name in only]
     summary = [c.as_dict() for s in sections for c in s.checks]
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     (out_dir / "index.html").write_text(render_html(sections, time.perf_counter() - start, quick))
