@@ -225,3 +225,25 @@ def test_wrong_state_dimension_is_a_clear_error():
     I3 = torch.eye(3, dtype=F64)
     with pytest.raises(ValueError, match="^x: tokens have dimension 4"):
         SoftmaxAttention([Head(I3, I3, I3, 1.0)])(torch.zeros(5, 4, dtype=F64))
+
+
+@pytest.mark.parametrize("cls", VARIANTS)
+def test_per_cloud_beta_equals_separate_runs(cls, gen):
+    """A (B,) tensor of β runs B clouds at once exactly as B separate fields would."""
+    Q, K, V = random_qkv(3, gen)
+    x = _cloud(30, 3, b=3)
+    betas = torch.tensor([0.5, 1.0, 3.0], dtype=F64)
+    extra = {"tol": 1e-13} if cls is SinkhornAttention else {}
+    batched = cls([Head(Q, K, V, betas)], backend="tiled", **extra)(x)
+    for b in range(3):
+        alone = cls([Head(Q, K, V, float(betas[b]))], backend="tiled", **extra)(x[b : b + 1])
+        assert (batched[b] - alone[0]).abs().max() < 1e-11
+
+
+def test_per_cloud_beta_must_match_the_batch(gen):
+    Q, K, V = random_qkv(3, gen)
+    field = SoftmaxAttention([Head(Q, K, V, torch.tensor([1.0, 2.0], dtype=F64))])
+    with pytest.raises(ConfigError, match="^beta: has 2 values for 3 clouds"):
+        field(_cloud(10, 3, b=3))
+    with pytest.raises(ConfigError, match="^beta:"):
+        SoftmaxAttention([Head(Q, K, V, torch.tensor([1.0, -2.0], dtype=F64))])

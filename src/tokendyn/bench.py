@@ -393,3 +393,51 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             f"| {row['peak_mem_bytes'] / 1e6:.1f} |"
         )
     return "\n".join(lines)
+
+
+def bench_sweep(
+    points: int = 64,
+    workers: tuple[int, ...] = (1, 2),
+    batch: tuple[bool, ...] = (True, False),
+    n: int = 64,
+    d: int = 3,
+    t_end: float = 5.0,
+) -> Iterator[dict[str, Any]]:
+    """Sweep throughput: `points` small systems (a β × seed grid, N = n on S^{d−1}, RK4, dt = 0.1,
+    statistics every 10 steps) run by `run_sweep` on a LocalCluster of each worker count, with
+    and without batching. The cluster is started (and warmed up) before the clock starts; the time
+    includes scheduling, the simulations, the statistics and the store writes. Rows: kind="sweep",
+    workers, batch, points, n, d, seconds, simulations_per_min, startup_seconds."""
+    import tempfile
+
+    from .sweep import Sweep, dask_client, run_sweep
+
+    _check_positive("points", points)
+    seeds = max(1, points // 8)
+    betas = [0.5 + 0.5 * i for i in range(-(-points // seeds))]
+    base = {"n": n, "d": d, "t_end": t_end, "dt": 0.1, "save_every": 10, "backend": "dense"}
+    sweep = Sweep(base, {"beta": betas, "seed": list(range(seeds))})
+    warm = Sweep(base, {"beta": [1.0]})
+    for w in workers:
+        start = time.perf_counter()
+        with dask_client(w, None) as client, tempfile.TemporaryDirectory() as tmp:
+            address = client.scheduler.address
+            run_sweep(warm, Path(tmp) / "warm.zarr", scheduler=address)  # imports on the workers
+            startup = time.perf_counter() - start
+            for batched in batch:
+                start = time.perf_counter()
+                run_sweep(
+                    sweep, Path(tmp) / f"sweep-{batched}.zarr", scheduler=address, batch=batched
+                )
+                seconds = time.perf_counter() - start
+                yield {
+                    "kind": "sweep",
+                    "workers": w,
+                    "batch": batched,
+                    "points": sweep.size,
+                    "n": n,
+                    "d": d,
+                    "seconds": seconds,
+                    "simulations_per_min": 60 * sweep.size / seconds,
+                    "startup_seconds": startup,
+                }

@@ -185,6 +185,74 @@ def export(
 
 @app.command()
 @friendly_errors
+def sweep(
+    sweep_file: Annotated[Path, typer.Argument(help="TOML with [base] and [grid] tables")],
+    out: Annotated[Path, typer.Option("--out", help="zarr store with the grid as dimensions")],
+    workers: Annotated[int, typer.Option(help="processes of the in-process LocalCluster")] = 1,
+    scheduler: Annotated[
+        str | None, typer.Option(help="address of an existing Dask scheduler (tcp://host:8786)")
+    ] = None,
+    batch: Annotated[
+        bool,
+        typer.Option("--batch/--no-batch", help="run β/seed groups as one batched computation"),
+    ] = True,
+    max_batch: Annotated[int, typer.Option("--max-batch", help="clouds per batched task")] = 256,
+    quiet: Annotated[bool, typer.Option("--quiet", help="no progress bar or summary")] = False,
+) -> None:
+    """Run a parameter grid on Dask; every finished point is stored at once, reruns resume."""
+    from .sweep import DONE, FAILED, Sweep, run_sweep
+
+    spec = Sweep.from_toml(sweep_file)
+    ds = run_sweep(
+        spec,
+        out,
+        workers=workers,
+        scheduler=scheduler,
+        batch=batch,
+        max_batch=max_batch,
+        progress=not quiet,
+    )
+    if not quiet:
+        status = ds["status"].values
+        Console().print(
+            f"[green]{int((status == DONE).sum())}/{status.size} points done[/], "
+            f"{int((status == FAILED).sum())} failed → {out}"
+        )
+
+
+@app.command("plot-phase")
+@friendly_errors
+def plot_phase_command(
+    store: Annotated[Path, typer.Argument(help="a `tokendyn sweep` store")],
+    x: Annotated[str, typer.Option("--x", help="grid dimension on the x axis")] = "beta",
+    y: Annotated[str, typer.Option("--y", help="grid dimension or time on the y axis")] = "time",
+    stat: Annotated[
+        str, typer.Option("--stat", help="statistic, e.g. clusters or time_to_one_cluster")
+    ] = "clusters",
+    select: Annotated[
+        list[str] | None, typer.Option("--select", help="fix another dimension: NAME=VALUE")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="PNG path (default STORE_STAT_X_Y.png)")
+    ] = None,
+) -> None:
+    """Phase diagram of a sweep: a statistic over two dimensions (others averaged or selected)."""
+    from .plot import plot_phase
+    from .sweep import open_sweep
+
+    chosen = {}
+    for item in select or []:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise TokendynError(f"select: {item!r} is not NAME=VALUE. Fix: write e.g. --select d=3")
+        chosen[name] = json.loads(value) if value[:1] in "-0123456789[{" else value
+    path = out or store.with_name(f"{store.stem}_{stat}_{x}_{y}.png")
+    plot_phase(open_sweep(store), x, y, stat, select=chosen, path=path)
+    print(path)
+
+
+@app.command()
+@friendly_errors
 def bench(
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
     n: Annotated[list[int] | None, typer.Option("--n", help="token counts (repeatable)")] = None,
@@ -200,9 +268,21 @@ def bench(
     large: Annotated[
         bool, typer.Option("--large", help="also one Euler step at N=200 000, d=3")
     ] = False,
+    sweep_points: Annotated[
+        int, typer.Option("--sweep", help="instead: sweep throughput for this many N=64 systems")
+    ] = 0,
 ) -> None:
     """Throughput of every backend: pairs/s, fraction of this machine's measured peak, memory."""
-    from .bench import bench_large, format_table, run_bench
+    from .bench import bench_large, bench_sweep, format_table, run_bench
+
+    if sweep_points:
+        for row in bench_sweep(points=sweep_points):
+            line = (
+                f"{row['points']} systems, {row['workers']} worker(s), batch={row['batch']}: "
+                f"{row['seconds']:.1f} s, {row['simulations_per_min']:.0f} simulations/min"
+            )
+            print(json.dumps(row) if as_json else line, flush=True)
+        return
 
     kwargs: dict[str, Any] = {"device": device, "repeats": repeats}
     for key, value in (("ns", n), ("ds", d), ("dtypes", dtype), ("backends", backend)):

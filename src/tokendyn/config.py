@@ -132,7 +132,7 @@ def make_config(**fields: Any) -> SimulationConfig:
 
 
 def config_error(err: ValidationError) -> ConfigError:
-    problems, first = [], None
+    problems, first, only = [], None, None
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"])
         field = loc or str(e.get("msg", "")).split(":", 1)[0].removeprefix("Value error, ")
@@ -143,10 +143,19 @@ def config_error(err: ValidationError) -> ConfigError:
             hint = f" (expected: {described.description})"
         if e["type"] == "extra_forbidden":
             valid = ", ".join(SimulationConfig.model_fields)
-            problems.append(f"{loc}: unknown field; valid fields are {valid}")
+            only = f"unknown field; valid fields are {valid}"
+            problems.append(f"{loc}: {only}")
         else:
-            problems.append(f"{loc or 'config'}: {e['msg'].removeprefix('Value error, ')}{hint}")
-    return ConfigError(first or "config", "; ".join(problems), "correct the field(s) named above")
+            message = e["msg"].removeprefix("Value error, ")
+            if loc:
+                problems.append(f"{loc}: {message}{hint}")
+                only = f"{message}{hint}"
+            else:  # model-level checks already start with their field name
+                problems.append(message)
+                only = message.split(": ", 1)[-1]
+    if len(problems) == 1:
+        return ConfigError(first or "config", only or problems[0], "correct this field")
+    return ConfigError(first or "config", "; ".join(problems), "correct the fields named above")
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:

@@ -226,21 +226,25 @@ def effective_dimension(x: torch.Tensor) -> torch.Tensor:
 
 
 def log_interaction_energy(
-    x: torch.Tensor, beta: float, backend: str | Backend = "auto"
+    x: torch.Tensor, beta: float | torch.Tensor, backend: str | Backend = "auto"
 ) -> torch.Tensor:
     """log E_β = logsumexp_i(lse_i) − log(2βN²), lse_i = log Σ_j exp(β⟨x_i, x_j⟩).
 
     Max-shifted and tiled by the kernel backend: finite for any β (no N×N matrix for large N).
+    β is a number or one value per cloud, a (B,) tensor.
     """
-    _check_positive("beta", beta)
     xb, single = _batched(x)
+    betas = torch.as_tensor(beta, dtype=xb.dtype, device=xb.device).reshape(-1)
+    if betas.numel() not in (1, xb.shape[0]) or not bool((betas > 0).all()):
+        raise ConfigError("beta", f"is {beta}", "give β > 0, one number or one per cloud")
     n = xb.shape[1]
-    lse = get_backend(backend).logsumexp(beta * xb, xb)
-    return _unbatch(torch.logsumexp(lse, dim=-1) - math.log(2 * beta * n * n), single)
+    lse = get_backend(backend).logsumexp(betas.reshape(-1, 1, 1) * xb, xb)
+    log_norm = torch.log(2 * betas * n * n)
+    return _unbatch(torch.logsumexp(lse, dim=-1) - log_norm, single)
 
 
 def interaction_energy(
-    x: torch.Tensor, beta: float, backend: str | Backend = "auto"
+    x: torch.Tensor, beta: float | torch.Tensor, backend: str | Backend = "auto"
 ) -> torch.Tensor:
     """E_β = (1/(2βN²)) Σ_ij exp(β⟨x_i, x_j⟩), the energy the attention dynamics increases."""
     return torch.exp(log_interaction_energy(x, beta, backend))

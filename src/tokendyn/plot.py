@@ -285,3 +285,84 @@ def plot_run(ds: xr.Dataset, out_dir: str | Path, batch: int = 0) -> list[Path]:
         make(ds, batch=batch, path=path)
         paths.append(path)
     return paths
+
+
+def plot_phase(
+    ds: xr.Dataset,
+    x: str,
+    y: str,
+    stat: str,
+    select: dict[str, object] | None = None,
+    path: str | Path | None = None,
+) -> Figure:
+    """Phase diagram of a sweep store: `stat` over (x, y), e.g. clusters over (β, time) or the time
+    to one cluster over (β, d). Other grid dimensions are fixed by `select` (nearest value) or
+    averaged (NaNs of failed points ignored); a time-dependent stat with y ≠ time is shown at the
+    final time unless `select` gives one."""
+    if stat not in ds:
+        names = [v for v in ds.data_vars if v not in ("status", "error")]
+        raise ConfigError("stat", f"{stat!r} is not in the store", f"use one of {', '.join(names)}")
+    for name, axis in (("x", x), ("y", y)):
+        if axis not in ds.dims:
+            raise ConfigError(
+                name,
+                f"{axis!r} is not a dimension of the store",
+                f"use one of {', '.join(map(str, ds.dims))}",
+            )
+    if x == y:
+        raise ConfigError("y", "equals x", "choose two different dimensions")
+    var = ds[stat]
+    for name, value in (select or {}).items():
+        if name not in var.dims:
+            raise ConfigError(
+                "select",
+                f"{name!r} is not a dimension of {stat}",
+                f"use one of {', '.join(map(str, var.dims))}",
+            )
+        var = var.sel({name: value}, method="nearest" if var[name].dtype.kind in "fiu" else None)
+    if "time" in var.dims and "time" not in (x, y):
+        var = var.isel(time=-1)
+    rest = [d for d in var.dims if d not in (x, y)]
+    var = var.mean(rest, skipna=True) if rest else var
+    grid = var.transpose(y, x)
+    for axis in (x, y):
+        if grid[axis].dtype.kind in "fiu":
+            grid = grid.sortby(axis)
+    fig = Figure(figsize=(6.4, 4.6))
+    ax = fig.add_subplot()
+    xs, ys = _edges(grid[x].values), _edges(grid[y].values)
+    mesh = ax.pcolormesh(xs, ys, np.ma.masked_invalid(grid.values), shading="flat", cmap="viridis")
+    fig.colorbar(mesh, ax=ax, label=stat + (" (mean over " + ", ".join(rest) + ")" if rest else ""))
+    ax.set(xlabel=x, ylabel=y, title=f"{stat} over ({x}, {y})")
+    _label_categories(ax, "x", grid[x].values)
+    _label_categories(ax, "y", grid[y].values)
+    if _log_spaced(grid[x].values):
+        ax.set_xscale("log")
+    return _save(fig, path)
+
+
+def _edges(values: np.ndarray) -> np.ndarray:
+    """Cell edges around sorted centres (midpoints in log space for log-spaced positive values);
+    non-numeric coordinates are placed at 0, 1, 2, …"""
+    v = np.asarray(values)
+    v = v.astype(float) if v.dtype.kind in "fiu" else np.arange(len(v), dtype=float)
+    if len(v) == 1:
+        return np.array([v[0] - 0.5, v[0] + 0.5])
+    log = _log_spaced(v)
+    w = np.log(v) if log else v
+    mids = (w[:-1] + w[1:]) / 2
+    edges = np.concatenate([[2 * w[0] - mids[0]], mids, [2 * w[-1] - mids[-1]]])
+    return np.exp(edges) if log else edges
+
+
+def _label_categories(ax: Axes, which: str, values: np.ndarray) -> None:
+    if np.asarray(values).dtype.kind not in "fiu":
+        getattr(ax, f"set_{which}ticks")(np.arange(len(values)), [str(v) for v in values])
+
+
+def _log_spaced(values: np.ndarray) -> bool:
+    v = np.asarray(values)
+    if v.dtype.kind not in "fiu" or len(v) < 3 or (v <= 0).any():
+        return False
+    ratios = v[1:] / v[:-1]
+    return bool(np.allclose(ratios, ratios[0], rtol=1e-6)) and ratios[0] > 1.5

@@ -28,17 +28,32 @@ Normalise = Literal["softmax", "n"]
 
 @dataclass
 class Head:
-    """One attention head: scores β⟨Q x_i, K x_j⟩, values V x_j, output W (None = identity)."""
+    """One attention head: scores β⟨Q x_i, K x_j⟩, values V x_j, output W (None = identity).
+
+    beta is a number, or a 1-D tensor with one β per cloud of a batch (B,) — used by sweeps to run
+    a β grid as one batched computation."""
 
     Q: torch.Tensor
     K: torch.Tensor
     V: torch.Tensor
-    beta: float
+    beta: float | torch.Tensor
     W: torch.Tensor | None = None
 
     def to(self, dtype: torch.dtype, device: torch.device | str) -> Head:
         move = lambda t: None if t is None else t.to(dtype=dtype, device=device)  # noqa: E731
-        return Head(move(self.Q), move(self.K), move(self.V), self.beta, move(self.W))
+        beta = move(self.beta) if isinstance(self.beta, torch.Tensor) else self.beta
+        return Head(move(self.Q), move(self.K), move(self.V), beta, move(self.W))
+
+    def scale(self, x: torch.Tensor) -> torch.Tensor:
+        """β as a (B or 1, 1, 1) tensor broadcasting over the clouds x (B, N, ·)."""
+        beta = torch.as_tensor(self.beta, dtype=x.dtype, device=x.device).reshape(-1, 1, 1)
+        if beta.shape[0] not in (1, x.shape[0]):
+            raise ConfigError(
+                "beta",
+                f"has {beta.shape[0]} values for {x.shape[0]} clouds",
+                "give one β per cloud of the batch, or a single number",
+            )
+        return beta
 
 
 def as_matrix(value: object, name: str) -> torch.Tensor:
@@ -86,14 +101,17 @@ def check_head(head: Head, d: int, index: int = 0) -> None:
             f"has shape {tuple(head.W.shape)}{label}, expected ({d}, {head.V.shape[0]})",
             "give an output map of shape (d, m)",
         )
-    if not (head.beta > 0 and math.isfinite(head.beta)):
+    betas = torch.as_tensor(head.beta, dtype=torch.float64)
+    if betas.dim() > 1 or betas.numel() == 0 or not bool(((betas > 0) & betas.isfinite()).all()):
         raise ConfigError(
-            "beta", f"is {head.beta}, it must be a finite number > 0", "use e.g. --beta 1.0"
+            "beta",
+            f"is {head.beta}, it must be a finite number > 0 (or a 1-D tensor of them)",
+            "use e.g. --beta 1.0",
         )
 
 
 def split_heads(
-    Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, heads: int, beta: float
+    Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, heads: int, beta: float | torch.Tensor
 ) -> list[Head]:
     """The authors' multi-head convention: head h uses the h-th block of k = d/H consecutive rows of
     Q, K and V, and writes its output into the same block (W_h = block selector, so C_h = V with the

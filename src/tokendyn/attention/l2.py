@@ -21,12 +21,13 @@ class L2Attention(AttentionField):
         qx = x @ head.Q.T
         k = x @ head.K.T
         v = x @ head.V.T
-        key_bias = -head.beta * (k * k).sum(-1)
+        beta = head.scale(x)
+        key_bias = -beta[..., 0] * (k * k).sum(-1)
         need = self.normalise == "n"
         out, lse = self.backend.attend(
-            2 * head.beta * qx, k, v, key_bias=key_bias, mask=self.mask, need_lse=need
+            2 * beta * qx, k, v, key_bias=key_bias, mask=self.mask, need_lse=need
         )
         if not need:
             return out
-        log_z = lse - head.beta * (qx * qx).sum(-1)
+        log_z = lse - beta[..., 0] * (qx * qx).sum(-1)
         return self.unnormalise(out, log_z, x.shape[1])

@@ -44,7 +44,7 @@ class SigmoidAttention(AttentionField):
 
     def head_output(self, index: int, head: Head, x: torch.Tensor) -> torch.Tensor:
         n = x.shape[1]
-        q = head.beta * (x @ head.Q.T)
+        q = head.scale(x) * (x @ head.Q.T)
         k = x @ head.K.T
         v = x @ head.V.T
         c = -math.log(n) if self.form == "practical" else self.bias

@@ -58,7 +58,7 @@ class SinkhornAttention(AttentionField):
         """(q, k, f, g) at convergence for one head; q = β x Qᵀ, k = x Kᵀ."""
         n = x.shape[1]
         log_n = math.log(n)
-        q = head.beta * (x @ head.Q.T)
+        q = head.scale(x) * (x @ head.Q.T)
         k = x @ head.K.T
         g = self._g.get(index)
         if g is None or g.shape != x.shape[:2] or g.dtype != x.dtype or g.device != x.device:

@@ -20,7 +20,7 @@ class SoftmaxAttention(AttentionField):
     variant = "softmax"
 
     def head_output(self, index: int, head: Head, x: torch.Tensor) -> torch.Tensor:
-        q = head.beta * (x @ head.Q.T)
+        q = head.scale(x) * (x @ head.Q.T)
         k = x @ head.K.T
         v = x @ head.V.T
         need = self.normalise == "n"
