@@ -1,10 +1,11 @@
 """Attention fields: formulas against independent dense implementations, invariances, masks."""
 
 import math
+import warnings
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from tokendyn.attention import (
@@ -95,10 +96,17 @@ def test_permutation_equivariance(cls, seed, n):
     Q, K, V = random_qkv(3, g)
     x = torch.randn(1, n, 3, generator=g, dtype=F64)
     perm = torch.randperm(n, generator=g)
-    # Sinkhorn is solved to tol; a tight tol keeps its permutation error at round-off level.
-    extra = {"tol": 1e-13} if cls is SinkhornAttention else {}
+    # Sinkhorn is solved to tol; a tight tol keeps its permutation error at round-off level. A
+    # solve that hits max_iter (it warns) depends on its warm start, so such draws are discarded.
+    extra = {"tol": 1e-13, "max_iter": 20_000} if cls is SinkhornAttention else {}
     field = cls([Head(Q, K, V, 1.1)], backend="tiled", **extra)
-    assert (field(x[:, perm]) - field(x)[:, perm]).abs().max() < 1e-11
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        try:
+            permuted, direct = field(x[:, perm]), field(x)[:, perm]
+        except RuntimeWarning:
+            assume(False)
+    assert (permuted - direct).abs().max() < 1e-11
 
 
 @pytest.mark.parametrize("cls", VARIANTS)
