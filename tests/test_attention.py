@@ -255,3 +255,21 @@ def test_per_cloud_beta_must_match_the_batch(gen):
         field(_cloud(10, 3, b=3))
     with pytest.raises(ConfigError, match="^beta:"):
         SoftmaxAttention([Head(Q, K, V, torch.tensor([1.0, -2.0], dtype=F64))])
+
+
+@pytest.mark.parametrize("cls", VARIANTS)
+def test_subset_of_query_rows_equals_slice_of_full_field(cls, gen):
+    Q, K, V = random_qkv(3, gen)
+    x = _cloud(50, 3)
+    extra = {"tol": 1e-13} if cls is SinkhornAttention else {}
+    field = cls([Head(Q, K, V, 1.2)], backend="tiled", **extra)
+    full = field(x)
+    for rows in (slice(0, 17), slice(17, 50), slice(49, 50)):
+        assert (field(x, rows=rows) - full[:, rows]).abs().max() < 1e-12
+
+
+def test_causal_mask_is_not_split_by_rows(gen):
+    Q, K, V = random_qkv(3, gen)
+    field = SoftmaxAttention([Head(Q, K, V, 1.0)], mask="causal")
+    with pytest.raises(ConfigError, match="^mask: causal attention is not evaluated on a subset"):
+        field(_cloud(10, 3), rows=slice(0, 5))

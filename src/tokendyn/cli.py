@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
 from enum import Enum
@@ -94,6 +95,9 @@ def simulate(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="replace an existing --out store")
     ] = False,
+    distributed: Annotated[
+        bool, typer.Option("--distributed", help="shard the tokens over torchrun processes")
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="no progress bar or summary")] = False,
 ) -> None:
     """Simulate N tokens under self-attention; flags override the --config file."""
@@ -125,8 +129,10 @@ def simulate(
         if v is not None
     }
     cfg = load_config(config, **given) if config is not None else make_config(**given)
-    ds = run_simulation(cfg, out, resume=resume, overwrite=overwrite, progress=not quiet)
-    if quiet:
+    ds = run_simulation(
+        cfg, out, resume=resume, overwrite=overwrite, progress=not quiet, distributed=distributed
+    )
+    if quiet or (distributed and int(os.environ.get("RANK", "0")) != 0):
         return
     last = ds.isel(time=-1)
     summary = {"t": float(last.time), "frames": int(ds.sizes["time"])}

@@ -6,10 +6,12 @@ import json
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import xarray as xr
 
 from . import __version__
 from .config import SimulationConfig
+from .distributed import ShardedField, process_group
 from .errors import StoreError
 from .factory import DTYPES, build, resolve_device
 from .integrate import Statistic, simulate
@@ -36,49 +38,85 @@ def run_simulation(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = False,
+    distributed: bool = False,
 ) -> xr.Dataset:
     """Simulate `cfg`; with `out`, every saved frame is appended to a zarr store as it is made.
 
     resume=True continues an interrupted store from its last saved step (its config must match,
-    t_end may grow). Returns the full Dataset (lazy, from the store, when out is given)."""
+    t_end may grow). distributed=True (under torchrun) shards the query tokens over the process
+    group (see distributed.py). Returns the Dataset (lazy, from the store, when out is given)."""
+    if resume and out is None:
+        raise StoreError(
+            "resume: there is nothing to resume without --out. Fix: give --out PATH.zarr"
+        )
+    if not distributed:
+        return _run(cfg, out, resume, overwrite, progress, sharded=False)
+    with process_group(cfg.device):
+        return _run(cfg, out, resume, overwrite, progress, sharded=True)
+
+
+def _run(
+    cfg: SimulationConfig,
+    out: str | Path | None,
+    resume: bool,
+    overwrite: bool,
+    progress: bool,
+    sharded: bool,
+) -> xr.Dataset:
     field, space, x0 = build(cfg)
-    attrs = {"config": cfg.to_json(), "tokendyn_version": __version__, "field": field.describe()}
+    lead = not sharded or dist.get_rank() == 0  # the one process that writes
+    velocity = ShardedField(field) if sharded else field
+    attrs = {"config": cfg.to_json(), "tokendyn_version": __version__, "field": velocity.describe()}
     kwargs = dict(
         t_end=cfg.t_end,
         dt=cfg.dt,
         method=cfg.method,
         save_every=cfg.save_every,
-        stats=statistics(cfg),
-        progress=progress,
+        stats=statistics(cfg) if lead else {},
+        progress=progress and lead,
         attrs=attrs,
     )
     batched = cfg.batch > 1
     x_start = x0 if batched else x0[0]
     if out is None:
-        if resume:
-            raise StoreError(
-                "resume: there is nothing to resume without --out. Fix: give --out PATH.zarr"
-            )
-        return simulate(field, space, x_start, **kwargs)
-    positions = cfg.mask == "causal"
+        return simulate(velocity, space, x_start, **kwargs)
+    start = [_prepare_store(cfg, out, resume, overwrite) if lead else None]
+    if sharded:
+        dist.broadcast_object_list(start, src=0)  # the others wait until the store is ready
+    start_step = 0
+    if start[0] == "finished":
+        return open_run(out)
+    if start[0] == "append":
+        ds = open_run(out)
+        start_step = int(ds["step"].values[-1])
+        dtype, device = DTYPES[cfg.dtype], resolve_device(cfg.device)
+        x_start = torch.as_tensor(ds["x"].isel(time=-1).values, dtype=dtype, device=device)
+    sink = None
+    if lead:
+        sink = ZarrSink(
+            out,
+            batched=batched,
+            attrs=attrs,
+            positions=cfg.mask == "causal",
+            append=start[0] == "append",
+        )
+    simulate(velocity, space, x_start, sink=sink, start_step=start_step, keep=False, **kwargs)
+    if sharded:
+        dist.barrier()
+    return open_run(out)
+
+
+def _prepare_store(cfg: SimulationConfig, out: str | Path, resume: bool, overwrite: bool) -> str:
+    """'new' (an empty path, made ready), 'append' (resume after the last frame) or 'finished'."""
     # A store killed before its first complete frame holds nothing to resume: start afresh.
     if resume and Path(out).is_dir() and truncate_incomplete_frames(out) == 0:
         overwrite = True
     if resume and Path(out).exists() and not overwrite:
         ds = open_run(out)
         _check_resumable(stored_config(ds), cfg, out)
-        last_step = int(ds["step"].values[-1])
-        if last_step >= cfg.n_steps:
-            return ds
-        dtype, device = DTYPES[cfg.dtype], resolve_device(cfg.device)
-        x_last = torch.as_tensor(ds["x"].isel(time=-1).values, dtype=dtype, device=device)
-        sink = ZarrSink(out, batched=batched, attrs=attrs, positions=positions, append=True)
-        simulate(field, space, x_last, sink=sink, start_step=last_step, keep=False, **kwargs)
-        return open_run(out)
-    path = prepare_new_store(out, overwrite)
-    sink = ZarrSink(path, batched=batched, attrs=attrs, positions=positions)
-    simulate(field, space, x_start, sink=sink, keep=False, **kwargs)
-    return open_run(path)
+        return "finished" if int(ds["step"].values[-1]) >= cfg.n_steps else "append"
+    prepare_new_store(out, overwrite)
+    return "new"
 
 
 def _check_resumable(stored: dict, cfg: SimulationConfig, out: str | Path) -> None:

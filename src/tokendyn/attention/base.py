@@ -201,8 +201,10 @@ class AttentionField(ABC):
             self.mask = self.mask.to(device)
         return self
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """Velocity Γ[μ](x_i) for every token, shape like x."""
+    def __call__(self, x: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
+        """Velocity Γ[μ](x_i) for every token (or for the tokens `rows`, keys always all of x),
+        shape like x[..., rows, :]."""
+        rows = slice(None) if rows is None else rows
         squeeze = x.dim() == 2
         xb = check_state(x, self.d)
         if isinstance(self.mask, torch.Tensor) and self.mask.shape[0] != xb.shape[1]:
@@ -211,15 +213,27 @@ class AttentionField(ABC):
                 f"is {tuple(self.mask.shape)} but the cloud has {xb.shape[1]} tokens",
                 "give an (N, N) mask matching the number of tokens",
             )
-        v = torch.zeros_like(xb)
+        v = torch.zeros_like(xb[:, rows])
         for index, head in enumerate(self.heads):
-            out = self.head_output(index, head, xb)
+            out = self.head_output(index, head, xb, rows)
             v = v + (out if head.W is None else out @ head.W.T)
         return v.squeeze(0) if squeeze else v
 
     @abstractmethod
-    def head_output(self, index: int, head: Head, x: torch.Tensor) -> torch.Tensor:
-        """Σ_j w^h_ij V_h x_j for one head, shape (B, N, m_h)."""
+    def head_output(self, index: int, head: Head, x: torch.Tensor, rows: slice) -> torch.Tensor:
+        """Σ_j w^h_ij V_h x_j for one head and the query tokens `rows`, shape (B, rows, m_h)."""
+
+    def rows_mask(self, rows: slice) -> Mask:
+        """The mask restricted to the query tokens `rows`."""
+        if rows == slice(None) or self.mask is None:
+            return self.mask
+        if isinstance(self.mask, torch.Tensor):
+            return self.mask[rows]
+        raise ConfigError(
+            "mask",
+            "causal attention is not evaluated on a subset of query tokens",
+            "run causal attention in one process (without --distributed)",
+        )
 
     def unnormalise(self, out: torch.Tensor, log_z: torch.Tensor, n: int) -> torch.Tensor:
         """Softmax average → N-normalised sum: (1/N) Σ_j e^{s_ij} v_j = e^{lse_i − log N}·out_i."""

@@ -17,15 +17,15 @@ from .base import AttentionField, Head
 class L2Attention(AttentionField):
     variant = "l2"
 
-    def head_output(self, index: int, head: Head, x: torch.Tensor) -> torch.Tensor:
-        qx = x @ head.Q.T
+    def head_output(self, index: int, head: Head, x: torch.Tensor, rows: slice) -> torch.Tensor:
+        qx = x[:, rows] @ head.Q.T
         k = x @ head.K.T
         v = x @ head.V.T
         beta = head.scale(x)
         key_bias = -beta[..., 0] * (k * k).sum(-1)
         need = self.normalise == "n"
         out, lse = self.backend.attend(
-            2 * beta * qx, k, v, key_bias=key_bias, mask=self.mask, need_lse=need
+            2 * beta * qx, k, v, key_bias=key_bias, mask=self.rows_mask(rows), need_lse=need
         )
         if not need:
             return out

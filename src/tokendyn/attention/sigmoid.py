@@ -42,11 +42,12 @@ class SigmoidAttention(AttentionField):
         super().__init__(heads, normalise="n", **kwargs)
         self.bias, self.form = bias, form
 
-    def head_output(self, index: int, head: Head, x: torch.Tensor) -> torch.Tensor:
+    def head_output(self, index: int, head: Head, x: torch.Tensor, rows: slice) -> torch.Tensor:
         n = x.shape[1]
-        q = head.scale(x) * (x @ head.Q.T)
+        q = head.scale(x) * (x[:, rows] @ head.Q.T)
         k = x @ head.K.T
         v = x @ head.V.T
         c = -math.log(n) if self.form == "practical" else self.bias
-        out, _ = self.backend.attend(q, k, v, mask=self.mask, weight="sigmoid", sigmoid_bias=c)
+        mask = self.rows_mask(rows)
+        out, _ = self.backend.attend(q, k, v, mask=mask, weight="sigmoid", sigmoid_bias=c)
         return out if self.form == "practical" else out / n

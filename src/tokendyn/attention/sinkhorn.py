@@ -86,9 +86,10 @@ class SinkhornAttention(AttentionField):
         assert f is not None
         return q, k, f, g
 
-    def head_output(self, index: int, head: Head, x: torch.Tensor) -> torch.Tensor:
+    def head_output(self, index: int, head: Head, x: torch.Tensor, rows: slice) -> torch.Tensor:
+        """The potentials need every token; only the final reduction is restricted to `rows`."""
         q, k, _, g = self.potentials(index, head, x)
-        return self.backend.attend(q, k, x @ head.V.T, key_bias=g).out
+        return self.backend.attend(q[:, rows], k, x @ head.V.T, key_bias=g).out
 
     def plan(self, x: torch.Tensor, head_index: int = 0) -> torch.Tensor:
         """The dense transport plan P (B, N, N) for small clouds (rows and columns sum to 1/N)."""

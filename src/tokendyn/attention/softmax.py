@@ -19,10 +19,10 @@ from .base import AttentionField, Head
 class SoftmaxAttention(AttentionField):
     variant = "softmax"
 
-    def head_output(self, index: int, head: Head, x: torch.Tensor) -> torch.Tensor:
-        q = head.scale(x) * (x @ head.Q.T)
+    def head_output(self, index: int, head: Head, x: torch.Tensor, rows: slice) -> torch.Tensor:
+        q = head.scale(x) * (x[:, rows] @ head.Q.T)
         k = x @ head.K.T
         v = x @ head.V.T
         need = self.normalise == "n"
-        out, lse = self.backend.attend(q, k, v, mask=self.mask, need_lse=need)
+        out, lse = self.backend.attend(q, k, v, mask=self.rows_mask(rows), need_lse=need)
         return self.unnormalise(out, lse, x.shape[1]) if need else out
