@@ -308,3 +308,23 @@ def test_unknown_statistic_lists_valid_names() -> None:
     with pytest.raises(ConfigError, match="stats") as err:
         obs.get_observable("entropy")
     assert "clusters, effective_dim, energy" in str(err.value)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    b=st.integers(2, 6),
+    n=st.integers(1, 60),
+    threshold=st.sampled_from([0.05, 0.3, 0.8]),
+    clustered=st.booleans(),
+)
+def test_batched_cluster_counts_equal_per_cloud_labels(seed, b, n, threshold, clustered):
+    """The batched label propagation agrees with scipy's connected components cloud by cloud."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, n, 3, generator=g, dtype=torch.float64)
+    if clustered:  # tight groups around a few centres, so components have many members
+        centres = torch.randn(b, 4, 3, generator=g, dtype=torch.float64)
+        x = centres[:, torch.randint(0, 4, (n,), generator=g)] + 0.05 * x
+    batched = obs.cluster_count(x, threshold)
+    each = [int(obs.cluster_labels(cloud, threshold).max()) + 1 for cloud in x]
+    assert batched.tolist() == each

@@ -24,6 +24,7 @@ DENSE_CLUSTER_MAX = 4096  # above this many tokens, cluster_labels switches to t
 _DENSE_ROW_BLOCK = 512  # rows of the distance matrix formed at once on the dense path
 _PAIR_CHUNK = 1 << 20  # point pairs compared at once on the grid path
 _KDTREE_PAIR_WORK = 4096  # cell pairs with more point pairs than this are checked with a k-d tree
+_BATCHED_ADJACENCY_MAX = 1 << 22  # B·N² entries of the batched adjacency in cluster_count
 
 
 # ---------------------------------------------------------------------------------------------
@@ -83,10 +84,34 @@ def cluster_labels(
 def cluster_count(
     x: torch.Tensor, threshold: float = 1e-2, *, dense_max: int = DENSE_CLUSTER_MAX
 ) -> torch.Tensor:
-    """Number of connected components of the graph i ~ j iff |x_i − x_j| < threshold (int64)."""
+    """Number of connected components of the graph i ~ j iff |x_i − x_j| < threshold (int64).
+
+    Many small clouds (B·N² ≤ 2^22) are counted together by label propagation on the batched
+    adjacency; otherwise each cloud goes through `cluster_labels`."""
     xb, single = _batched(x)
+    _check_positive("threshold", threshold)
+    n = xb.shape[1]
+    if xb.shape[0] > 1 and n <= dense_max and xb.shape[0] * n * n <= _BATCHED_ADJACENCY_MAX:
+        return _unbatch(_batched_component_counts(xb.detach().double(), threshold), single)
     counts = [int(cluster_labels(cloud, threshold, dense_max=dense_max).max()) + 1 for cloud in xb]
     return _unbatch(torch.tensor(counts, dtype=torch.int64, device=xb.device), single)
+
+
+def _batched_component_counts(x: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Components of every cloud of x (B, N, d) at once: each token takes the smallest label among
+    its neighbours, then follows its label's label (pointer jumping), until nothing changes; the
+    roots (label = own index) are the components."""
+    adjacent = torch.cdist(x, x, compute_mode="donot_use_mm_for_euclid_dist") < threshold
+    n = x.shape[1]
+    index = torch.arange(n, device=x.device).expand(x.shape[0], n)
+    labels = index
+    while True:
+        neighbour = torch.where(adjacent, labels[:, None, :], n).amin(dim=-1)
+        new = torch.minimum(labels, neighbour)
+        new = new.gather(1, new)
+        if torch.equal(new, labels):
+            return (labels == index).sum(dim=-1)
+        labels = new
 
 
 def _first_appearance_order(labels: np.ndarray) -> np.ndarray:

@@ -40,6 +40,7 @@ ERROR_CHARS = 300
 TIME_FIELDS = {"t_end", "dt", "save_every"}
 RESERVED_FIELDS = {"batch", "stats"}
 SCHEDULER_TIMEOUT = "10s"
+POINTS_PER_CHUNK = 4096
 
 
 @dataclass(frozen=True)
@@ -237,10 +238,8 @@ class SweepStore:
                 "status_codes": json.dumps({"pending": PENDING, "done": DONE, "failed": FAILED}),
             },
         )
-        encoding = {
-            v: {"chunks": tuple(1 if d != "time" else len(times) for d in ds[v].dims)}
-            for v in ds.data_vars
-        }
+        chunks = dict(zip(self.dims, _grid_chunks(grid_shape), strict=True), time=len(times))
+        encoding = {v: {"chunks": tuple(chunks[d] for d in ds[v].dims)} for v in ds.data_vars}
         with _quiet_zarr():
             ds.to_zarr(self.path, mode="w-", encoding=encoding, consolidated=False)
 
@@ -272,6 +271,16 @@ class SweepStore:
                 where = np.unravel_index([i for i, _ in failed], self.sweep.shape)
                 group["error"].vindex[where] = np.array([r["error"] for _, r in failed])
                 group["status"].vindex[where] = np.full(len(failed), FAILED, dtype=np.int8)
+
+
+def _grid_chunks(shape: tuple[int, ...], points: int = POINTS_PER_CHUNK) -> tuple[int, ...]:
+    """Chunk sizes along the grid dimensions holding up to `points` points (trailing dims first).
+    Only the client writes and zarr replaces a chunk atomically, so points may share chunks."""
+    chunks = []
+    for size in reversed(shape):
+        chunks.append(max(1, min(size, points)))
+        points = max(1, points // chunks[-1])
+    return tuple(reversed(chunks))
 
 
 def _with_time(where: tuple[np.ndarray, ...], values: np.ndarray) -> tuple[np.ndarray, ...]:

@@ -17,8 +17,9 @@ FUSED_MAX_HEAD_DIM = 8
 
 
 class AutoBackend(Backend):
-    """Chooses per call: dense for tiny N; on CPU the fused tiled kernel for head dimensions ≤ 8
-    and SDPA above; on GPU SDPA (flash). SDPA hands what it cannot do to the tiled backend."""
+    """Chooses per call: dense for tiny work (B·N² ≤ 256²); on CPU the fused tiled kernel for
+    head dimensions ≤ 8 and SDPA above; on GPU SDPA (flash). SDPA hands what it cannot do to the
+    tiled backend."""
 
     name = "auto"
 
@@ -27,7 +28,7 @@ class AutoBackend(Backend):
         self.sdpa = SdpaBackend(fallback=self.tiled)
 
     def choose(self, q: torch.Tensor, k: torch.Tensor) -> Backend:
-        if q.shape[-2] * k.shape[-2] <= DENSE_MAX_TOKENS**2:
+        if q.shape[0] * q.shape[-2] * k.shape[-2] <= DENSE_MAX_TOKENS**2:
             return self.dense
         if q.device.type == "cuda" or q.shape[-1] > FUSED_MAX_HEAD_DIM:
             return self.sdpa

@@ -186,10 +186,27 @@ void tokendyn_attend_##SUF(const T *q, const T *kT, const T *vT, const T *kbias,
     DISPATCH_DIMS(SUF, 1)                                                                        \
 }
 
+/* Whole clouds b in [b_begin, b_end) of a batch stored contiguously; the key bias and the mask
+ * advance by their strides per cloud (stride 0: one shared by every cloud). */
+#define DEFINE_BATCHED(T, SUF)                                                                   \
+void tokendyn_attend_batch_##SUF(const T *q, const T *kT, const T *vT, const T *kbias,           \
+                                 const uint8_t *mask, int64_t Nq, int64_t Nk, int64_t dk,        \
+                                 int64_t dv, int64_t b_begin, int64_t b_end,                     \
+                                 int64_t kbias_stride, int64_t mask_stride, int causal,          \
+                                 int mode, T sig_bias, T *out, T *lse) {                         \
+    for (int64_t b = b_begin; b < b_end; ++b)                                                    \
+        tokendyn_attend_##SUF(q + b * Nq * dk, kT + b * dk * Nk, vT + b * dv * Nk,               \
+                              kbias ? kbias + b * kbias_stride : 0,                              \
+                              mask ? mask + b * mask_stride : 0, Nk, dk, dv, 0, Nq, 0, causal,   \
+                              mode, sig_bias, out + b * Nq * dv, lse ? lse + b * Nq : 0);        \
+}
+
 DEFINE_BODY(float, f32, exp_f32, -3.0e38f, 80.0f)
 DEFINE_BODY(double, f64, exp_f64, -1.0e308, 700.0)
 DEFINE_ENTRY(float, f32)
 DEFINE_ENTRY(double, f64)
+DEFINE_BATCHED(float, f32)
+DEFINE_BATCHED(double, f64)
 
-int tokendyn_fused_abi(void) { return 2; }
+int tokendyn_fused_abi(void) { return 3; }
 int tokendyn_fused_max_dim(void) { return MAXD; }

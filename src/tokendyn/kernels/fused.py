@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import itertools
 import os
 import platform
 import shutil
@@ -91,6 +92,9 @@ def load() -> ctypes.CDLL | None:
         fn = getattr(lib, f"tokendyn_attend_{suffix}")
         fn.restype = None
         fn.argtypes = [pointer] * 5 + [i64] * 6 + [c_int, c_int, scalar, pointer, pointer]
+        batched = getattr(lib, f"tokendyn_attend_batch_{suffix}")
+        batched.restype = None
+        batched.argtypes = [pointer] * 5 + [i64] * 8 + [c_int, c_int, scalar, pointer, pointer]
     return lib
 
 
@@ -140,37 +144,81 @@ def attend(
     q = q.contiguous()
     kT = k.transpose(1, 2).contiguous()
     vT = v.transpose(1, 2).contiguous()
-    kb = None if key_bias is None else key_bias.to(dtype).expand(B, Nk).contiguous()
-    mb = None
-    if mask is not None:
-        mb = mask.to(torch.uint8).expand(B, Nq, Nk).contiguous()
+    # A bias or mask shared by every cloud is passed once, with stride 0.
+    kb = None if key_bias is None else key_bias.to(dtype).reshape(-1, Nk).contiguous()
+    mb = None if mask is None else mask.to(torch.uint8).reshape(-1, Nq, Nk).contiguous()
+    kb_stride = 0 if kb is None or kb.shape[0] == 1 else Nk
+    mb_stride = 0 if mb is None or mb.shape[0] == 1 else Nq * Nk
     out = torch.empty(B, Nq, dv, dtype=dtype)
     lse = torch.empty(B, Nq, dtype=dtype) if (need_lse and mode == 0) else None
     workers = max(1, torch.get_num_threads())
-    # Causal rows have unequal cost: many small chunks balance the threads; otherwise one
-    # chunk per thread and batch element keeps the dispatch overhead negligible at small N.
-    pieces = 8 * workers if causal else max(1, -(-workers // B))
-    chunk = max(4, -(-Nq // pieces))
-    jobs = []
-    for b in range(B):
-        args_b = (
-            q[b].data_ptr(),
-            kT[b].data_ptr(),
-            vT[b].data_ptr(),
-            None if kb is None else kb[b].data_ptr(),
-            None if mb is None else mb[b].data_ptr(),
+    if workers <= B:
+        # Whole clouds per job: one C call per thread handles a contiguous range of the batch.
+        fn_batch = (
+            lib.tokendyn_attend_batch_f32
+            if dtype == torch.float32
+            else lib.tokendyn_attend_batch_f64
         )
-        out_b = out[b].data_ptr()
-        lse_b = None if lse is None else lse[b].data_ptr()
-        for start in range(0, Nq, chunk):
-            stop = min(Nq, start + chunk)
-            jobs.append(
-                (*args_b, Nk, dk, dv, start, stop, 0, int(causal), mode, sigmoid_bias, out_b, lse_b)
-            )
-    if workers == 1 or len(jobs) == 1:
-        for job in jobs:
-            fn(*job)
+        bounds = [B * i // workers for i in range(workers + 1)]
+        common = (
+            q.data_ptr(),
+            kT.data_ptr(),
+            vT.data_ptr(),
+            _pointer(kb),
+            _pointer(mb),
+            Nq,
+            Nk,
+            dk,
+            dv,
+        )
+        tail = (
+            kb_stride,
+            mb_stride,
+            int(causal),
+            mode,
+            sigmoid_bias,
+            out.data_ptr(),
+            _pointer(lse),
+        )
+        jobs = [
+            (fn_batch, (*common, b0, b1, *tail)) for b0, b1 in itertools.pairwise(bounds) if b1 > b0
+        ]
     else:
-        for future in [_pool(workers).submit(fn, *job) for job in jobs]:
+        # Few clouds: split each cloud's query rows. Causal rows have unequal cost, so many small
+        # chunks balance the threads; otherwise one chunk per thread and cloud.
+        pieces = 8 * workers if causal else max(1, -(-workers // B))
+        chunk = max(4, -(-Nq // pieces))
+        jobs = []
+        for b in range(B):
+            args_b = (
+                q[b].data_ptr(),
+                kT[b].data_ptr(),
+                vT[b].data_ptr(),
+                None if kb is None else kb.data_ptr() + b * kb_stride * kb.element_size(),
+                None if mb is None else mb.data_ptr() + b * mb_stride,
+            )
+            out_b = out[b].data_ptr()
+            lse_b = None if lse is None else lse[b].data_ptr()
+            for start in range(0, Nq, chunk):
+                stop = min(Nq, start + chunk)
+                args = (
+                    *args_b,
+                    Nk,
+                    dk,
+                    dv,
+                    start,
+                    stop,
+                    0,
+                    int(causal),
+                    mode,
+                    sigmoid_bias,
+                    out_b,
+                    lse_b,
+                )
+                jobs.append((fn, args))
+    if len(jobs) == 1:
+        jobs[0][0](*jobs[0][1])
+    else:
+        for future in [_pool(workers).submit(f, *args) for f, args in jobs]:
             future.result()
     return out, lse
