@@ -41,6 +41,18 @@ def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _numbers(field: str, text: str | None) -> list[float] | None:
+    """'0, 2.1,4' → [0.0, 2.1, 4.0], with a clear error naming the flag."""
+    if text is None:
+        return None
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise TokendynError(
+            f"{field}: {text!r} is not a comma-separated list of numbers. Fix: write e.g. 0,2.1,4.2"
+        ) from None
+
+
 def _choices(*names: str) -> type[Enum]:
     return Enum("Choice", {n: n for n in names}, type=str)  # type: ignore[return-value]
 
@@ -53,6 +65,7 @@ Qkv = _choices("identity", "random")
 Method = _choices("euler", "heun", "rk4")
 Dtype = _choices("float64", "float32")
 Device = _choices("cpu", "cuda")
+Init = _choices("uniform", "wrapped-normal", "mixture")
 BackendChoice = _choices("auto", "dense", "tiled", "sdpa")
 
 
@@ -83,6 +96,19 @@ def simulate(
     device: Annotated[Device | None, typer.Option(help="cpu or cuda")] = None,
     backend: Annotated[BackendChoice | None, typer.Option(help="kernel backend")] = None,
     batch: Annotated[int | None, typer.Option(help="independent clouds simulated together")] = None,
+    beta_law: Annotated[
+        str | None, typer.Option("--beta-law", help="β from N: 'c*log(N)' or 'c*N**a'")
+    ] = None,
+    init: Annotated[Init | None, typer.Option(help="uniform, wrapped-normal or mixture")] = None,
+    init_centers: Annotated[
+        str | None, typer.Option("--init-centers", help="angles a,b,… (radians; azimuths on S²)")
+    ] = None,
+    init_weights: Annotated[
+        str | None, typer.Option("--init-weights", help="mixture weights w1,w2,…")
+    ] = None,
+    init_std: Annotated[
+        float | None, typer.Option("--init-std", help="wrapped-normal standard deviation σ₀")
+    ] = None,
     config: Annotated[
         Path | None, typer.Option("--config", help="TOML file with the same fields")
     ] = None,
@@ -125,6 +151,11 @@ def simulate(
             "device": device,
             "backend": backend,
             "batch": batch,
+            "beta_law": beta_law,
+            "init": init,
+            "init_centers": _numbers("init_centers", init_centers),
+            "init_weights": _numbers("init_weights", init_weights),
+            "init_std": init_std,
         }.items()
         if v is not None
     }

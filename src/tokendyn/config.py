@@ -54,6 +54,21 @@ class SimulationConfig(BaseModel):
     backend: Literal["auto", "dense", "tiled", "sdpa"] = Field(
         "auto", description="kernel backend: auto, dense, tiled or sdpa"
     )
+    beta_law: str | None = Field(
+        None, description="β as a function of N: 'c*log(N)' or 'c*N**a' (sets beta)"
+    )
+    init: Literal["uniform", "wrapped-normal", "mixture"] | None = Field(
+        None,
+        description="initial cloud: uniform (sphere), wrapped-normal or mixture (S¹, S²); "
+        "default uniform on the sphere, Gaussian in R^d",
+    )
+    init_centers: list[float] | None = Field(
+        None, description="mixture centres: angles on S¹, azimuths on S² (radians)"
+    )
+    init_weights: list[float] | None = Field(
+        None, description="mixture weights α_j > 0 (default equal)"
+    )
+    init_std: float = Field(0.2, gt=0, description="wrapped-normal standard deviation σ₀ > 0")
     init_mean: list[float] | None = Field(None, description="Euclidean initial mean (length d)")
     init_cov: Matrix | None = Field(None, description="Euclidean initial covariance (d×d, PSD)")
     sinkhorn_tol: float = Field(1e-9, gt=0, description="Sinkhorn marginal tolerance > 0")
@@ -71,6 +86,32 @@ class SimulationConfig(BaseModel):
     )
 
     @model_validator(mode="after")
+    def _beta_from_law(self) -> SimulationConfig:
+        """With beta_law, β is β_N; an explicit different β is a contradiction."""
+        if self.beta_law is None:
+            return self
+        from .initial import beta_from_law
+
+        try:
+            value = beta_from_law(self.beta_law, self.n)
+        except ConfigError:
+            raise ValueError(
+                f"beta_law: cannot read {self.beta_law!r}; write 'c*log(N)' "
+                "(e.g. '3*log(N)') or 'c*N**a' (e.g. 'N**0.5')"
+            ) from None
+        if not value > 0:
+            raise ValueError(
+                f"beta_law: gives β = {value:g} ≤ 0 at N = {self.n}; use a law with β > 0"
+            )
+        if "beta" in self.model_fields_set and abs(self.beta - value) > 1e-12 * value:
+            raise ValueError(
+                f"beta: {self.beta:g} contradicts beta_law ({value:g} at N = {self.n}); "
+                "give one of them"
+            )
+        object.__setattr__(self, "beta", value)
+        return self
+
+    @model_validator(mode="after")
     def _consistent(self) -> SimulationConfig:
         if self.space == "sphere" and self.d < 2:
             raise ValueError("d: the sphere S^(d-1) needs d ≥ 2; use d ≥ 2 or space = 'euclidean'")
@@ -84,6 +125,25 @@ class SimulationConfig(BaseModel):
                 f"dt: t_end={self.t_end} is not a multiple of dt={self.dt}; "
                 "choose dt dividing t_end"
             )
+        if self.init in ("wrapped-normal", "mixture") and (
+            self.space != "sphere" or self.d not in (2, 3)
+        ):
+            raise ValueError(
+                f"init: {self.init} clouds live on S¹ or S²; use space = 'sphere' with d = 2 or 3"
+            )
+        if self.init == "uniform" and self.space != "sphere":
+            raise ValueError(
+                "init: 'uniform' is the uniform law on the sphere; use space = 'sphere' "
+                "(R^d clouds are Gaussian: init_mean, init_cov)"
+            )
+        if self.init is None and (self.init_centers or self.init_weights):
+            raise ValueError("init_centers: given without init; add init = 'mixture'")
+        if self.init == "mixture" and not self.init_centers:
+            raise ValueError("init_centers: a mixture needs its centres; give init_centers")
+        if self.init_weights is not None and len(self.init_weights) != len(
+            self.init_centers or [0.0]
+        ):
+            raise ValueError("init_weights: give one weight per centre in init_centers")
         if self.attention == "sinkhorn" and self.mask != "none":
             raise ValueError("mask: Sinkhorn attention has no masked form; use mask = 'none'")
         if self.attention == "sigmoid" and self.normalise == "softmax":

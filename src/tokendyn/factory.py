@@ -7,6 +7,7 @@ import torch
 from .attention import VARIANTS, AttentionField, Head, as_matrix, split_heads
 from .config import SimulationConfig
 from .errors import ConfigError
+from .initial import wrapped_normal_mixture
 from .space import Space, get_space
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
@@ -78,5 +79,11 @@ def build(cfg: SimulationConfig) -> tuple[AttentionField, Space, torch.Tensor]:
     gen = torch.Generator().manual_seed(cfg.seed)
     field = make_field(cfg, gen)
     space = make_space(cfg)
-    x0 = space.sample(cfg.batch, cfg.n, cfg.d, gen, torch.float64)
+    if cfg.init in ("wrapped-normal", "mixture"):
+        centers = cfg.init_centers or [0.0]
+        x0 = wrapped_normal_mixture(
+            cfg.batch, cfg.n, cfg.d, centers, cfg.init_weights, cfg.init_std, gen
+        )
+    else:
+        x0 = space.sample(cfg.batch, cfg.n, cfg.d, gen, torch.float64)
     return field, space, x0.to(DTYPES[cfg.dtype]).to(resolve_device(cfg.device))
