@@ -17,6 +17,7 @@ from rich.console import Console
 from .cli_closure import register as register_closure
 from .cli_dmft import register as register_dmft
 from .cli_icl import register as register_icl
+from .cli_multiscale import register as register_multiscale
 from .errors import TokendynError
 
 app = typer.Typer(
@@ -365,7 +366,7 @@ def reproduce(
         raise typer.Exit(code=1)
 
 
-for _register in (register_closure, register_dmft, register_icl):
+for _register in (register_closure, register_dmft, register_icl, register_multiscale):
     _register(app)
 
 

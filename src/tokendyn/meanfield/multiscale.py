@@ -1,0 +1,192 @@
+"""Pairing phase of the moderate-interaction regime (multiscale spec §3.3): weighted clusters on
+the sphere with Q = K = V = I, the exact isolated-pair merge time, and sequential merging.
+
+Clusters are Dirac masses α_k at x_k. Self-attention (self-interaction included) moves them by
+
+    ẋ_k = P_{x_k} Σ_l α_l e^{β⟨x_k, x_l⟩} x_l / Σ_l α_l e^{β⟨x_k, x_l⟩},
+
+i.e. softmax attention with the key bias log α_l (for equal masses: the token system itself). For
+an isolated pair at angle θ (c = cos θ) the gap obeys
+
+    θ' = −sin θ [α_j e^{βc}/(α_i e^β + α_j e^{βc}) + α_i e^{βc}/(α_j e^β + α_i e^{βc})],
+
+so the merge time is T(θ₀ → θ_f) = ∫_{θ_f}^{θ₀} dθ/|θ'| ≈ e^{β(1−cos θ₀)}/(2β sin²θ₀) for equal
+masses. Runs use adaptive steps (SciPy DOP853), so times of order e^{β} cost little.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.integrate import quad, solve_ivp
+
+from ..errors import ConfigError
+from ..kernels import DenseBackend
+
+F64 = torch.float64
+_DENSE = DenseBackend()
+
+
+def pair_rate(theta: float, beta: float, alpha_i: float = 1.0, alpha_j: float = 1.0) -> float:
+    """dθ/dt of an isolated pair of clusters (masses α_i, α_j) at angle θ; max-shifted by e^{−β}."""
+    decay = math.exp(beta * (math.cos(theta) - 1.0))  # e^{β(c−1)} ≤ 1
+    return -math.sin(theta) * (
+        alpha_j * decay / (alpha_i + alpha_j * decay)
+        + alpha_i * decay / (alpha_j + alpha_i * decay)
+    )
+
+
+def pair_merge_time(
+    theta0: float,
+    beta: float,
+    theta_final: float = 0.05,
+    alpha_i: float = 1.0,
+    alpha_j: float = 1.0,
+) -> float:
+    """Exact T(θ₀ → θ_f) = ∫ dθ/|θ'| for an isolated pair (quadrature in log space)."""
+    if not 0 < theta_final < theta0 < math.pi:
+        raise ConfigError(
+            "angles",
+            f"need 0 < θ_f={theta_final} < θ₀={theta0} < π",
+            "give a pair closer than π and farther apart than the merge gap",
+        )
+
+    def integrand(theta: float) -> float:
+        return -1.0 / pair_rate(theta, beta, alpha_i, alpha_j)
+
+    # The integrand grows like e^{β(1−cos θ)}: split the range so quad resolves both ends.
+    points = np.linspace(theta_final, theta0, 9)
+    return float(
+        sum(
+            quad(integrand, a, b, epsabs=0, epsrel=1e-11, limit=200)[0]
+            for a, b in itertools.pairwise(points)
+        )
+    )
+
+
+def pair_merge_time_asymptotic(theta0: float, beta: float) -> float:
+    """Leading order e^{β(1−cos θ₀)}/(2β sin²θ₀) (equal masses)."""
+    return math.exp(beta * (1 - math.cos(theta0))) / (2 * beta * math.sin(theta0) ** 2)
+
+
+def cluster_velocity(x: torch.Tensor, masses: torch.Tensor, beta: float) -> torch.Tensor:
+    """P_{x_k} Σ_l α_l e^{β⟨x_k,x_l⟩} x_l / Σ_l α_l e^{β⟨x_k,x_l⟩} for clusters x (m, d)."""
+    xb = x.unsqueeze(0)
+    out = _DENSE.attend(beta * xb, xb, xb, key_bias=masses.log().unsqueeze(0)).out[0]
+    x_hat = x / x.norm(dim=-1, keepdim=True)
+    return out - (out * x_hat).sum(-1, keepdim=True) * x_hat
+
+
+def angles_to_points(angles: list[float]) -> torch.Tensor:
+    """Tokens on the circle S¹ at the given angles (radians), shape (m, 2)."""
+    a = torch.tensor(angles, dtype=F64)
+    return torch.stack([a.cos(), a.sin()], dim=-1)
+
+
+def closest_pair(x: torch.Tensor) -> tuple[int, int, float]:
+    """(i, j, angle) of the pair with the largest inner product (i < j)."""
+    x_hat = x / x.norm(dim=-1, keepdim=True)
+    gram = x_hat @ x_hat.T
+    gram.fill_diagonal_(-2.0)
+    flat = int(gram.argmax())
+    i, j = divmod(flat, x.shape[0])
+    return min(i, j), max(i, j), math.acos(max(-1.0, min(1.0, float(gram[i, j]))))
+
+
+@dataclass
+class Merge:
+    time: float
+    pair: tuple[int, int]
+    masses: list[float]  # after the merge
+    energy_before: float
+    energy_after: float
+
+
+def normalised_energy(x: torch.Tensor, masses: torch.Tensor, beta: float) -> float:
+    """Ê = Σ_kl α_k α_l e^{β(⟨x_k,x_l⟩−1)} / (Σα)²: Σα_k²/(Σα)² for far-apart clusters; each merge
+    of k, l adds 2α_kα_l/(Σα)²."""
+    x_hat = x / x.norm(dim=-1, keepdim=True)
+    w = masses / masses.sum()
+    return float(w @ torch.exp(beta * (x_hat @ x_hat.T - 1)) @ w)
+
+
+def run_until_merge(
+    x0: torch.Tensor, masses: torch.Tensor, beta: float, gap: float = 0.05, t_max: float = math.inf
+) -> tuple[float, torch.Tensor, tuple[int, int]]:
+    """Integrate the clusters adaptively until two of them are closer than `gap` (radians).
+    Returns (time, positions at that time, the merging pair); time = inf if t_max comes first."""
+    m, d = x0.shape
+    if m < 2:
+        raise ConfigError("angles", "need at least two clusters", "give two or more angles")
+
+    def rhs(_t: float, y: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(y.reshape(m, d))
+        return cluster_velocity(x, masses, beta).reshape(-1).numpy()
+
+    def closest_gap(_t: float, y: np.ndarray) -> float:
+        return closest_pair(torch.from_numpy(y.reshape(m, d)))[2] - gap
+
+    closest_gap.terminal = True  # type: ignore[attr-defined]
+    closest_gap.direction = -1  # type: ignore[attr-defined]
+    horizon = t_max if math.isfinite(t_max) else 1e300
+    sol = solve_ivp(
+        rhs,
+        (0.0, horizon),
+        x0.reshape(-1).numpy(),
+        method="DOP853",
+        rtol=1e-10,
+        atol=1e-12,
+        events=closest_gap,
+    )
+    if not sol.t_events[0].size:
+        return math.inf, torch.from_numpy(sol.y[:, -1].reshape(m, d)), (-1, -1)
+    x = torch.from_numpy(sol.y_events[0][0].reshape(m, d))
+    x = x / x.norm(dim=-1, keepdim=True)
+    i, j, _ = closest_pair(x)
+    return float(sol.t_events[0][0]), x, (i, j)
+
+
+def merged_position(
+    xi: torch.Tensor, xj: torch.Tensor, alpha_i: float, alpha_j: float
+) -> torch.Tensor:
+    """The point of the arc x_i → x_j that splits it as dist(i) : dist(j) = α_j² : α_i²."""
+    share = alpha_j**2 / (alpha_i**2 + alpha_j**2)
+    theta = math.acos(max(-1.0, min(1.0, float(xi @ xj))))
+    if theta < 1e-12:
+        return xi
+    return (math.sin((1 - share) * theta) * xi + math.sin(share * theta) * xj) / math.sin(theta)
+
+
+def sequential_merges(
+    x0: torch.Tensor, masses: torch.Tensor, beta: float, gap: float = 0.05, t_max: float = math.inf
+) -> list[Merge]:
+    """Merge the closest pair each time it comes within `gap`, until one cluster (or t_max)."""
+    x, alpha, t = x0.clone(), masses.clone().to(F64), 0.0
+    ids = list(range(x0.shape[0]))
+    events: list[Merge] = []
+    while x.shape[0] > 1:
+        dt, x_hit, (i, j) = run_until_merge(x, alpha, beta, gap, t_max - t)
+        if not math.isfinite(dt):
+            break
+        t += dt
+        before = normalised_energy(x_hit, alpha, beta)
+        joined = merged_position(x_hit[i], x_hit[j], float(alpha[i]), float(alpha[j]))
+        keep = [k for k in range(x.shape[0]) if k not in (i, j)]
+        x = torch.cat([x_hit[keep], joined.unsqueeze(0)])
+        new_alpha = torch.cat([alpha[keep], (alpha[i] + alpha[j]).reshape(1)])
+        events.append(
+            Merge(
+                t,
+                (ids[i], ids[j]),
+                new_alpha.tolist(),
+                before,
+                normalised_energy(x, new_alpha, beta),
+            )
+        )
+        ids = [ids[k] for k in keep] + [min(ids[i], ids[j])]
+        alpha = new_alpha
+    return events

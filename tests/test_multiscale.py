@@ -1,0 +1,152 @@
+"""Pairing phase: exact pair integral, adaptive merging, unequal masses, equiangular ODE, CLI."""
+
+import itertools
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.integrate import solve_ivp
+from typer.testing import CliRunner
+
+from tokendyn.attention import Head, SoftmaxAttention
+from tokendyn.cli import app
+from tokendyn.errors import ConfigError
+from tokendyn.integrate import simulate
+from tokendyn.meanfield.multiscale import (
+    angles_to_points,
+    cluster_velocity,
+    normalised_energy,
+    pair_merge_time,
+    pair_merge_time_asymptotic,
+    run_until_merge,
+    sequential_merges,
+)
+from tokendyn.space import Sphere
+
+F64 = torch.float64
+
+
+def test_equal_mass_clusters_are_the_token_system():
+    x = angles_to_points([0.0, 1.0, 2.5, 4.0])
+    I2 = torch.eye(2, dtype=F64)
+    v = Sphere(2).project(x, SoftmaxAttention([Head(I2, I2, I2, 7.0)], backend="dense")(x))
+    assert (v - cluster_velocity(x, torch.ones(4, dtype=F64), 7.0)).abs().max() < 1e-15
+
+
+@pytest.mark.parametrize("beta", [5.0, 20.0, 35.0])
+def test_two_tokens_merge_at_the_exact_pair_time(beta):
+    """Adaptive DOP853 (rtol 1e-10) against quadrature of the same ODE: agreement ~1e-9."""
+    simulated, _, pair = run_until_merge(
+        angles_to_points([0.3, 1.3]), torch.ones(2, dtype=F64), beta
+    )
+    assert pair == (0, 1)
+    assert simulated == pytest.approx(pair_merge_time(1.0, beta), rel=1e-7)
+
+
+def test_asymptotic_merge_time_is_approached_as_beta_grows():
+    ratios = [pair_merge_time_asymptotic(1.0, b) / pair_merge_time(1.0, b) for b in (5, 10, 20, 40)]
+    assert all(np.diff(ratios) > 0) and abs(ratios[-1] - 1) < 0.05
+
+
+def test_unequal_masses_split_the_arc_as_the_pair_odes_say():
+    """Independent check: integrate each cluster's angle,
+    φ_i' = α_j e^{βc} sin θ/(α_i e^β + α_j e^{βc}), and compare the distances travelled with the
+    cluster simulation; as β grows the split tends to the squared-mass ratio α_j² : α_i²."""
+    theta0, alpha_i, alpha_j, gap = 1.2, 1.0, 2.0, 0.05
+    splits = []
+    for beta in (10.0, 40.0):
+        masses = torch.tensor([alpha_i, alpha_j], dtype=F64)
+        _, x_hit, _ = run_until_merge(angles_to_points([0.0, theta0]), masses, beta, gap)
+        travelled_i = math.atan2(float(x_hit[0, 1]), float(x_hit[0, 0]))
+        travelled_j = theta0 - math.atan2(float(x_hit[1, 1]), float(x_hit[1, 0]))
+
+        def angles(_t, y, beta=beta):
+            theta = y[1] - y[0]
+            decay = math.exp(beta * (math.cos(theta) - 1))
+            return [
+                alpha_j * decay * math.sin(theta) / (alpha_i + alpha_j * decay),
+                -alpha_i * decay * math.sin(theta) / (alpha_j + alpha_i * decay),
+            ]
+
+        def merged(_t, y):
+            return y[1] - y[0] - gap
+
+        merged.terminal = True
+        sol = solve_ivp(
+            angles, (0, 1e12), [0.0, theta0], method="DOP853", rtol=1e-11, atol=1e-13, events=merged
+        )
+        phi_i, phi_j = sol.y_events[0][0]
+        assert travelled_i == pytest.approx(phi_i, abs=1e-7)
+        assert travelled_j == pytest.approx(theta0 - phi_j, abs=1e-7)
+        splits.append(travelled_i / travelled_j)
+    target = (alpha_j / alpha_i) ** 2
+    assert abs(splits[1] - target) < abs(splits[0] - target) < target
+
+
+def test_sequential_merging_and_energy_staircase():
+    """Four equal clusters: three merges, each when the then-closest pair closes; Ê steps from
+    Σα² = 1/4 by 2α_iα_j (up to e^{−β(1−cos θ)} from the far clusters)."""
+    beta = 10.0
+    x0 = angles_to_points([0.0, 1.0, 2.6, 4.3])
+    events = sequential_merges(x0, torch.ones(4, dtype=F64), beta)
+    assert [e.pair for e in events] == [(0, 1), (2, 3), (0, 2)]
+    assert [round(e.energy_after, 3) for e in events] == [0.375, 0.5, 1.0]
+    # The first merge is the isolated-pair time, perturbed by far clusters (e^{β(cos 1.6−1)}).
+    assert events[0].time == pytest.approx(pair_merge_time(1.0, beta), rel=1e-2)
+    assert all(b.time > a.time for a, b in itertools.pairwise(events))
+    # Off-diagonal terms are at most (1 − Σw²)·e^{β(cos θ_min − 1)} with θ_min = 1 rad.
+    excess = normalised_energy(x0, torch.ones(4, dtype=F64), beta) - 0.25
+    assert 0 < excess <= 0.75 * math.exp(beta * (math.cos(1.0) - 1))
+
+
+def test_equiangular_tokens_follow_the_spec_ode():
+    """n orthogonal tokens in d = n stay equiangular, with (SA)
+    ρ' = 2e^{βρ}(1−ρ)((n−1)ρ+1)/(e^β+(n−1)e^{βρ})."""
+    n, beta, t_end = 4, 1.5, 3.0
+    x0 = torch.eye(n, dtype=F64)
+    eye = torch.eye(n, dtype=F64)
+    field = SoftmaxAttention([Head(eye, eye, eye, beta)])
+    ds = simulate(field, Sphere(n), x0, t_end=t_end, dt=0.01)
+    x = ds["x"].values
+    rho = np.einsum("tk,tk->t", x[:, 0], x[:, 1])
+
+    def rate(_t, r):
+        e = math.exp(beta * r[0])
+        return [2 * e * (1 - r[0]) * ((n - 1) * r[0] + 1) / (math.exp(beta) + (n - 1) * e)]
+
+    exact = solve_ivp(
+        rate, (0, t_end), [0.0], method="DOP853", rtol=1e-12, atol=1e-14, t_eval=ds["time"].values
+    ).y[0]
+    assert np.abs(rho - exact).max() < 1e-9  # RK4 at dt = 0.01 on an O(1) smooth ODE
+
+
+def test_pairing_cli_contract():
+    result = CliRunner().invoke(
+        app, ["multiscale", "pairing", "--beta", "12", "--angles", "0,0.9", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    row = json.loads(result.output)
+    assert list(row) == ["beta", "merge_time_simulated", "merge_time_predicted", "pair"]
+    assert row["pair"] == [0, 1]
+    assert row["merge_time_simulated"] == pytest.approx(row["merge_time_predicted"], rel=1e-7)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--beta", "0", "--angles", "0,1"], "beta"),
+        (["--beta", "3", "--angles", "0"], "angles"),
+        (["--beta", "3", "--angles", "0,x"], "angles"),
+        (["--beta", "3", "--angles", "0,1", "--gap", "0"], "gap"),
+    ],
+)
+def test_pairing_cli_bad_input(args, message):
+    result = CliRunner().invoke(app, ["multiscale", "pairing", *args, "--json"])
+    assert result.exit_code == 2 and result.output.startswith(f"error: {message}")
+
+
+def test_merge_time_needs_a_gap_below_the_angle():
+    with pytest.raises(ConfigError, match="^angles:"):
+        pair_merge_time(0.04, 10.0, theta_final=0.05)
