@@ -1,5 +1,15 @@
-"""Pairing phase of the moderate-interaction regime (multiscale spec §3.3): weighted clusters on
-the sphere with Q = K = V = I, the exact isolated-pair merge time, and sequential merging.
+"""Limits of the moderate-interaction regime (multiscale spec §3): alignment, heat, pairing.
+
+Alignment (§3.1, β → ∞ at fixed t): tokens move independently, ẋ = P_x(V KᵀQ x)/|KᵀQ x|, i.e.
+x(t) = e^{τM}x₀/|e^{τM}x₀| with M = V KᵀQ and dτ/dt = 1/|KᵀQ x(t)|; they end on E_max, the
+generalised eigenspace of M for the eigenvalues of largest real part.
+
+Heat (§3.2, time O(β), Q = K = I, V = γI on S¹): a wrapped normal of variance σ² evolves by
+∂_s μ = −γΔμ (s = t/β), σ²(t) = σ₀² − 2γt/β, and at finite β by the corrected law
+βσ² + ln σ² = βσ₀² + ln σ₀² − 2γt.
+
+Pairing (§3.3): weighted clusters on the sphere with Q = K = V = I, the exact isolated-pair merge
+time, and sequential merging.
 
 Clusters are Dirac masses α_k at x_k. Self-attention (self-interaction included) moves them by
 
@@ -23,12 +33,95 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from scipy.integrate import quad, solve_ivp
+from scipy.linalg import expm, schur
+from scipy.special import lambertw
 
 from ..errors import ConfigError
 from ..kernels import DenseBackend
 
 F64 = torch.float64
 _DENSE = DenseBackend()
+
+
+def top_eigenspace(M: np.ndarray, tol: float = 1e-9) -> np.ndarray:
+    """Orthonormal basis (d, k) of E_max: the invariant subspace of M for the eigenvalues whose
+    real part is within tol of the largest (sorted real Schur decomposition; Jordan-safe)."""
+    M = np.asarray(M, dtype=float)
+    if M.ndim != 2 or M.shape[0] != M.shape[1]:
+        raise ConfigError("M", f"has shape {M.shape}", "give a square matrix V KᵀQ")
+    top = np.linalg.eigvals(M).real.max()
+    _, Z, k = schur(M, output="real", sort=lambda re, im: re >= top - tol * max(1.0, abs(top)))
+    return Z[:, :k]
+
+
+def transverse_mass(x: torch.Tensor, basis: np.ndarray) -> torch.Tensor:
+    """ε_⊥ = (1/N) Σ_i |(I − Π) x_i|², Π the orthogonal projector onto span(basis); per cloud."""
+    b = torch.as_tensor(basis, dtype=x.dtype, device=x.device)
+    inside = (x @ b) @ b.T
+    return (x - inside).pow(2).sum(-1).mean(-1)
+
+
+def alignment_flow(
+    x0: torch.Tensor, t: float, Q: np.ndarray, K: np.ndarray, V: np.ndarray, dt: float = 1e-3
+) -> torch.Tensor:
+    """The β → ∞ per-token flow at time t. KᵀQ = cI: closed form x = e^{tM/c}x₀/|·|; otherwise the
+    limit field ẋ = P_x(Mx)/|KᵀQx| is integrated (RK4, step dt), tokens independently."""
+    A = np.asarray(K, dtype=float).T @ np.asarray(Q, dtype=float)
+    M = np.asarray(V, dtype=float) @ A
+    c = A[0, 0]
+    if np.allclose(A, c * np.eye(A.shape[0]), atol=1e-14) and c > 0:
+        y = x0 @ torch.as_tensor(expm(t * M / c), dtype=x0.dtype).T
+        return y / y.norm(dim=-1, keepdim=True)
+    M_t, A_t = (torch.as_tensor(m, dtype=x0.dtype) for m in (M, A))
+
+    def field(x: torch.Tensor) -> torch.Tensor:
+        v = x @ M_t.T
+        v = v - (v * x).sum(-1, keepdim=True) * x
+        return v / (x @ A_t.T).norm(dim=-1, keepdim=True)
+
+    x, steps = x0.clone(), max(1, math.ceil(t / dt))
+    h = t / steps
+    for _ in range(steps):
+        k1 = field(x)
+        k2 = field(x + h / 2 * k1)
+        k3 = field(x + h / 2 * k2)
+        k4 = field(x + h * k3)
+        x = x + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+        x = x / x.norm(dim=-1, keepdim=True)
+    return x
+
+
+def heat_variance(
+    sigma0: float, t: float, beta: float, gamma: int, finite_beta: bool = True
+) -> float:
+    """Variance σ²(t) of one wrapped-normal component under V = γI (γ = +1 backward, −1 forward).
+    Heat limit: σ₀² − 2γt/β (NaN once collapsed). Finite β: βσ² + ln σ² = βσ₀² + ln σ₀² − 2γt,
+    i.e. σ² = W(β e^C)/β with C the right-hand side and W the Lambert function."""
+    if gamma not in (-1, 1):
+        raise ConfigError(
+            "gamma", f"is {gamma}", "use +1 (V = I, backward) or −1 (V = −I, forward)"
+        )
+    if not finite_beta:
+        value = sigma0**2 - 2 * gamma * t / beta
+        return value if value > 0 else math.nan
+    rhs = beta * sigma0**2 + math.log(sigma0**2) - 2 * gamma * t
+    return float(lambertw(beta * math.exp(rhs)).real) / beta
+
+
+def wrapped_normal_density(
+    theta: np.ndarray,
+    centers: list[float],
+    weights: list[float],
+    variances: list[float],
+    terms: int = 8,
+) -> np.ndarray:
+    """Σ_j α_j WN(θ; m_j, σ_j²) on the circle (images k = −terms … terms), α normalised."""
+    theta = np.asarray(theta, dtype=float)[..., None]
+    alpha = np.asarray(weights, dtype=float) / np.sum(weights)
+    var = np.asarray(variances, dtype=float)
+    k = np.arange(-terms, terms + 1)[:, None, None]
+    gauss = np.exp(-((theta - np.asarray(centers) + 2 * np.pi * k) ** 2) / (2 * var))
+    return (gauss.sum(0) / np.sqrt(2 * np.pi * var) * alpha).sum(-1)
 
 
 def pair_rate(theta: float, beta: float, alpha_i: float = 1.0, alpha_j: float = 1.0) -> float:
