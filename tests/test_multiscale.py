@@ -232,3 +232,67 @@ def test_wrapped_normal_density_is_normalised():
     theta = np.linspace(-np.pi, np.pi, 20001)
     rho = wrapped_normal_density(theta, [0.0, 2.0, 4.0], [1.0, 2.0, 1.0], [0.04, 0.5, 2.0])
     assert np.trapezoid(rho, theta) == pytest.approx(1.0, abs=1e-9)
+
+
+def test_phase_detection_on_stored_runs(tmp_path):
+    """Tight clusters from the start (σ₀ = 0.002): formed at t = 0, and the detected first merge
+    matches the isolated-pair prediction (masses measured) within a saved-frame interval + 5 %.
+    Scenario 1a: alignment detected, within a factor 2 of ln(100)/(2(λ₁ − λ₂))."""
+    from tokendyn.config import make_config
+    from tokendyn.meanfield.phases import detect_phases
+    from tokendyn.run import run_simulation
+
+    pairing = make_config(
+        d=2,
+        n=150,
+        init="mixture",
+        init_centers=[0.0, 0.8, 3.5],
+        init_std=0.002,
+        beta=8.0,
+        t_end=12.0,
+        dt=0.05,
+        save_every=2,
+        stats=[],
+    )
+    phases = detect_phases(run_simulation(pairing, tmp_path / "pairing.zarr"))
+    assert phases.clusters_formed == 0.0 and phases.merges
+    assert phases.merges[0] == pytest.approx(
+        phases.first_merge_predicted, abs=0.1 + 0.05 * phases.first_merge_predicted
+    )
+    assert phases.final_clusters.count == 2
+    assert sorted(round(m, 1) for m in phases.final_clusters.masses) == [0.3, 0.7]
+
+    aligned = make_config(
+        d=3,
+        n=300,
+        beta=16.0,
+        t_end=8.0,
+        dt=0.05,
+        save_every=4,
+        stats=[],
+        V=[[1.0, 0, 0], [0, 0.5, 0], [0, 0, 0.25]],
+    )
+    phases = detect_phases(run_simulation(aligned, tmp_path / "aligned.zarr"))
+    assert phases.alignment_predicted == pytest.approx(math.log(100) / 1.0)
+    assert phases.alignment_done is not None
+    assert 0.5 < phases.alignment_done / phases.alignment_predicted < 2.0
+
+
+def test_phases_cli(tmp_path):
+    from tokendyn.config import make_config
+    from tokendyn.run import run_simulation
+
+    run_simulation(make_config(d=2, n=40, t_end=1.0, dt=0.1, stats=[]), tmp_path / "r.zarr")
+    result = CliRunner().invoke(app, ["multiscale", "phases", str(tmp_path / "r.zarr"), "--json"])
+    assert result.exit_code == 0, result.output
+    keys = {
+        "alignment_done",
+        "alignment_predicted",
+        "clusters_formed",
+        "merges",
+        "first_merge_predicted",
+        "final_clusters",
+    }
+    assert set(json.loads(result.output)) == keys
+    missing = CliRunner().invoke(app, ["multiscale", "phases", str(tmp_path / "none.zarr")])
+    assert missing.exit_code == 2 and "store: nothing at" in missing.output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -61,5 +62,19 @@ def register(app: typer.Typer) -> None:
             else f"pair {i},{j} (θ₀ = {theta0:.4f}): merged at t = {simulated:.6g}, "
             f"isolated-pair prediction {row['merge_time_predicted']:.6g}"
         )
+
+    @group.command()
+    @friendly_errors
+    def phases(
+        run: Annotated[Path, typer.Argument(help="a single-cloud run store (.zarr)")],
+        as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    ) -> None:
+        """Detected phase times (alignment, cluster formation, merges) and cluster statistics of a
+        stored run, beside the limits' predictions."""
+        from .meanfield.phases import detect_phases
+        from .store import open_run
+
+        result = detect_phases(open_run(run))
+        print(result.to_json() if as_json else json.dumps(json.loads(result.to_json()), indent=2))
 
     app.add_typer(group, name="multiscale")
