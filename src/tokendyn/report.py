@@ -9,10 +9,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .errors import ConfigError
-from .experiments import Section, engine
+from .experiments import Section, dmft, engine
 
 # Each reproduced result adds its experiment's run(quick, out_dir) here, under a short name.
-SECTIONS: dict[str, Callable[[bool, Path], Section]] = {"engine": engine.run}
+SECTIONS: dict[str, Callable[[bool, Path], Section]] = {"engine": engine.run, "dmft": dmft.run}
 
 
 CSS = """
