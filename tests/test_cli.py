@@ -146,7 +146,17 @@ def test_bench_json_lines_have_the_contract_keys():
 
 
 def test_reproduce_quick_writes_report(tmp_path):
-    result = invoke("reproduce", "--quick", "--out", str(tmp_path / "report"))
+    """The fast sections here; every section together is the slow test below (and `make run`)."""
+    result = invoke(
+        "reproduce",
+        "--quick",
+        "--section",
+        "engine",
+        "--section",
+        "multiscale",
+        "--out",
+        str(tmp_path / "report"),
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "report" / "summary.json").read_text())
     assert summary and all(
@@ -155,3 +165,20 @@ def test_reproduce_quick_writes_report(tmp_path):
     assert all(c["passed"] for c in summary)
     html = (tmp_path / "report" / "index.html").read_text()
     assert "two tokens on the circle" in html and "<img" in html
+
+
+@pytest.mark.slow
+def test_reproduce_quick_every_section(tmp_path):
+    from tokendyn.report import SECTIONS
+
+    result = invoke("reproduce", "--quick", "--out", str(tmp_path / "report"))
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    assert all(c["passed"] for c in summary)
+    html = (tmp_path / "report" / "index.html").read_text()
+    assert html.count("<h2>") == len(SECTIONS)
+
+
+def test_unknown_report_section():
+    result = runner.invoke(app, ["reproduce", "--section", "nope"])
+    assert result.exit_code == 2 and "section: unknown section(s) nope" in result.output

@@ -9,10 +9,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .errors import ConfigError
-from .experiments import Section, dmft, engine
+from .experiments import Section, dmft, engine, multiscale
 
 # Each reproduced result adds its experiment's run(quick, out_dir) here, under a short name.
-SECTIONS: dict[str, Callable[[bool, Path], Section]] = {"engine": engine.run, "dmft": dmft.run}
+SECTIONS: dict[str, Callable[[bool, Path], Section]] = {
+    "engine": engine.run,
+    "multiscale": multiscale.run,
+    "dmft": dmft.run,
+}
 
 
 CSS = """
