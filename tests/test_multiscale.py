@@ -296,3 +296,30 @@ def test_phases_cli(tmp_path):
     assert set(json.loads(result.output)) == keys
     missing = CliRunner().invoke(app, ["multiscale", "phases", str(tmp_path / "none.zarr")])
     assert missing.exit_code == 2 and "store: nothing at" in missing.output
+
+
+def test_energy_increases_when_qtk_equals_v_spd():
+    """Q = I, K = V = S (S = diag(1, 1, ½) SPD, so QᵀK = V = S): ẋ_i = P_{x_i}∇_iE_S / Z_i with
+    E_S = Σ_ij e^{β x_iᵀ S x_j}, hence E_S never decreases (up to round-off)."""
+    from tokendyn.kernels import get_backend
+
+    S = torch.diag(torch.tensor([1.0, 1.0, 0.5], dtype=F64))
+    eye = torch.eye(3, dtype=F64)
+    beta = 6.0
+    x0 = Sphere(3).sample(2, 200, 3, torch.Generator().manual_seed(3), F64)
+
+    def log_energy(x: torch.Tensor) -> torch.Tensor:
+        lse = get_backend("auto").logsumexp(beta * x @ S, x)
+        return torch.logsumexp(lse, dim=-1)
+
+    ds = simulate(
+        SoftmaxAttention([Head(eye, S, S, beta)]),
+        Sphere(3),
+        x0,
+        t_end=6.0,
+        dt=0.05,
+        stats={"log_energy": log_energy},
+    )
+    log_e = ds["log_energy"].values
+    assert np.diff(log_e, axis=0).min() > -1e-12
+    assert (log_e[-1] - log_e[0]).min() > 1.0

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from scipy.integrate import quad, solve_ivp
 from scipy.linalg import expm, schur
-from scipy.special import lambertw
+from scipy.special import ive, lambertw
 
 from ..errors import ConfigError
 from ..kernels import DenseBackend
@@ -106,6 +106,25 @@ def heat_variance(
         return value if value > 0 else math.nan
     rhs = beta * sigma0**2 + math.log(sigma0**2) - 2 * gamma * t
     return float(lambertw(beta * math.exp(rhs)).real) / beta
+
+
+def mode_growth_rates(beta: float, kmax: int = 200) -> np.ndarray:
+    """Linear growth rates λ_k = k² I_k(β)/(β I_0(β)), k = 1 … kmax, of Fourier mode k of uniform
+    data on S¹ under SA with Q = K = V = I (ICLR companion; ≈ k²/β for k ≪ √β, max → 2/e)."""
+    k = np.arange(1, kmax + 1)
+    return k**2 * ive(k, beta) / (beta * ive(0, beta))
+
+
+def selected_mode(beta: float) -> int:
+    """k*(β) = argmax_k k² I_k(β) ≈ √(2β): the number of clusters born from uniform data on S¹."""
+    return int(np.argmax(mode_growth_rates(beta, max(20, int(4 * math.sqrt(2 * beta) + 10))))) + 1
+
+
+def fourier_modes(x: torch.Tensor, kmax: int) -> np.ndarray:
+    """|μ̂_k| = |(1/N) Σ_i e^{−ikθ_i}|, k = 1 … kmax, for tokens (…, N, 2) on the circle."""
+    theta = torch.atan2(x[..., 1], x[..., 0]).detach().cpu().double().numpy()
+    k = np.arange(1, kmax + 1)
+    return np.abs(np.exp(-1j * theta[..., None] * k).mean(axis=-2))
 
 
 def wrapped_normal_density(
