@@ -1,4 +1,4 @@
-"""Sweeps: batched = separate runs, nothing lost (resume, failures, a killed worker), clear errors."""
+"""Sweeps: batched = separate runs, nothing lost (resume, failures, a killed worker), errors."""
 
 import os
 import signal
@@ -12,7 +12,16 @@ from tokendyn.config import make_config
 from tokendyn.errors import ConfigError, StoreError
 from tokendyn.plot import plot_phase
 from tokendyn.run import run_simulation
-from tokendyn.sweep import DONE, FAILED, PENDING, Sweep, SweepStore, open_sweep, run_points, run_sweep
+from tokendyn.sweep import (
+    DONE,
+    FAILED,
+    PENDING,
+    Sweep,
+    SweepStore,
+    open_sweep,
+    run_points,
+    run_sweep,
+)
 
 BASE = {"n": 24, "d": 3, "t_end": 6.0, "dt": 0.2, "save_every": 5}
 
@@ -42,9 +51,17 @@ def test_random_matrices_make_seeds_unbatchable():
 def test_a_failing_point_is_recorded_and_the_others_complete():
     """β = 1 overflows (NaN) in this Euclidean 1/N setting, β = 1e-5 does not: the batch falls back
     to single points and only the bad one records its error."""
-    base = {"space": "euclidean", "normalise": "n", "n": 16, "d": 3, "t_end": 1.0, "dt": 0.1,
-            "init_cov": [[100.0, 0, 0], [0, 100.0, 0], [0, 0, 100.0]],
-            "V": [[2.0, 0, 0], [0, 2.0, 0], [0, 0, 2.0]], "stats": ["effective_dim"]}
+    base = {
+        "space": "euclidean",
+        "normalise": "n",
+        "n": 16,
+        "d": 3,
+        "t_end": 1.0,
+        "dt": 0.1,
+        "init_cov": [[100.0, 0, 0], [0, 100.0, 0], [0, 0, 100.0]],
+        "V": [[2.0, 0, 0], [0, 2.0, 0], [0, 0, 2.0]],
+        "stats": ["effective_dim"],
+    }
     good, bad = run_points(base, [{"beta": 1e-5}, {"beta": 1.0}])
     assert "error" not in good and np.isfinite(good["effective_dim"]).all()
     assert bad["error"].startswith("NonFiniteStateError: state: NaN or Inf appeared at step")
@@ -69,8 +86,13 @@ def test_sweep_store_resume_and_errors(tmp_path, monkeypatch):
     group["clusters"][1, 0] = np.nan
     submitted = []
     real_groups = Sweep.groups
-    monkeypatch.setattr(Sweep, "groups", lambda self, indices, batch, max_batch: submitted.extend(
-        indices) or real_groups(self, indices, batch, max_batch))
+    monkeypatch.setattr(
+        Sweep,
+        "groups",
+        lambda self, indices, batch, max_batch: (
+            submitted.extend(indices) or real_groups(self, indices, batch, max_batch)
+        ),
+    )
     again = run_sweep(sweep, out, workers=1)
     assert submitted == [1, 2]  # (β=1, seed=1) and (β=4, seed=0); the failed β=−1 are re-checked
     np.testing.assert_array_equal(again["clusters"].values, first)
@@ -104,10 +126,10 @@ def test_bad_sweep_files(base, grid, field):
 
 def test_sweep_file_tables(tmp_path):
     path = tmp_path / "s.toml"
-    path.write_text('[base]\nn = 8\n[grid]\nbeta = [1.0, 2.0]\n[extra]\nx = 1\n')
+    path.write_text("[base]\nn = 8\n[grid]\nbeta = [1.0, 2.0]\n[extra]\nx = 1\n")
     with pytest.raises(ConfigError, match="^extra: unknown table"):
         Sweep.from_toml(path)
-    path.write_text('[base]\nn = 8\n[grid]\nbeta = [1.0, 2.0]\nseed = [0, 1, 2]\n')
+    path.write_text("[base]\nn = 8\n[grid]\nbeta = [1.0, 2.0]\nseed = [0, 1, 2]\n")
     sweep = Sweep.from_toml(path)
     assert sweep.shape == (2, 3) and sweep.point(4) == {"beta": 2.0, "seed": 1}
 
@@ -136,19 +158,28 @@ def test_killed_worker_is_replaced_and_the_sweep_completes(tmp_path):
     from distributed import Client, LocalCluster
 
     out = tmp_path / "sweep.zarr"
-    base = {"n": 96, "d": 3, "t_end": 8.0, "dt": 0.05, "save_every": 40, "backend": "dense"}
-    sweep = Sweep(base, {"beta": [0.5, 1.0, 2.0, 3.0, 4.0, 5.0], "seed": [0]})
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                      dashboard_address=None) as cluster, Client(cluster) as client:
-        runner = threading.Thread(target=run_sweep, args=(sweep, out),
-                                  kwargs={"scheduler": cluster.scheduler_address, "batch": False})
+    # 12 points of ~0.4 s each on 2 workers: the kill comes right after the first point is stored.
+    base = {"n": 200, "d": 3, "t_end": 10.0, "dt": 0.02, "save_every": 100, "backend": "dense"}
+    sweep = Sweep(base, {"beta": [0.5 * (i + 1) for i in range(12)], "seed": [0]})
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        pids = client.run(os.getpid)
+        runner = threading.Thread(
+            target=run_sweep,
+            args=(sweep, out),
+            kwargs={"scheduler": cluster.scheduler_address, "batch": False},
+        )
         runner.start()
         deadline = time.time() + 120
-        while time.time() < deadline and not out.exists():
-            time.sleep(0.05)
-        pids = client.run(os.getpid)
-        time.sleep(1.0)  # tasks are running on both workers
-        done_before = int((SweepStore(out, sweep).status() == DONE).sum())
+        done_before = 0
+        while time.time() < deadline and done_before == 0:
+            time.sleep(0.02)
+            if (out / "status" / "zarr.json").exists():
+                done_before = int((SweepStore(out, sweep).status() == DONE).sum())
         os.kill(next(iter(pids.values())), signal.SIGKILL)
         runner.join(timeout=180)
     assert not runner.is_alive()

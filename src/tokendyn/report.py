@@ -9,11 +9,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .errors import ConfigError
-from .experiments import Section, dmft, engine, multiscale
+from .experiments import Section, dmft, engine, multiscale, transformer_pde
 
 # Each reproduced result adds its experiment's run(quick, out_dir) here, under a short name.
 SECTIONS: dict[str, Callable[[bool, Path], Section]] = {
     "engine": engine.run,
+    "transformer_pde": transformer_pde.run,
     "multiscale": multiscale.run,
     "dmft": dmft.run,
 }
