@@ -415,7 +415,7 @@ def bench_sweep(
     _check_positive("points", points)
     seeds = max(1, points // 8)
     betas = [0.5 + 0.5 * i for i in range(-(-points // seeds))]
-    base = {"n": n, "d": d, "t_end": t_end, "dt": 0.1, "save_every": 10, "backend": "dense"}
+    base = {"n": n, "d": d, "t_end": t_end, "dt": 0.1, "save_every": 10}
     sweep = Sweep(base, {"beta": betas, "seed": list(range(seeds))})
     warm = Sweep(base, {"beta": [1.0]})
     for w in workers:
