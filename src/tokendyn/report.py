@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .errors import ConfigError
-from .experiments import Section, dmft, engine, multiscale, transformer_pde
+from .experiments import Section, dmft, engine, icl, multiscale, transformer_pde
 
 # Each reproduced result adds its experiment's run(quick, out_dir) here, under a short name.
 SECTIONS: dict[str, Callable[[bool, Path], Section]] = {
@@ -17,6 +17,7 @@ SECTIONS: dict[str, Callable[[bool, Path], Section]] = {
     "transformer_pde": transformer_pde.run,
     "multiscale": multiscale.run,
     "dmft": dmft.run,
+    "icl": icl.run,
 }
 
 
