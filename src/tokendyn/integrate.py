@@ -22,6 +22,7 @@ import torch
 import xarray as xr
 
 from .errors import ConfigError, NonFiniteStateError
+from .progress import progress_bar
 from .space import Space
 
 Velocity = Callable[[torch.Tensor], torch.Tensor]
@@ -165,36 +166,17 @@ def simulate(
 
     if start_step == 0:
         save(0)
-    bar = _progress_bar(n_steps - start_step) if progress else None
-    try:
+    with progress_bar(n_steps - start_step, "simulating", "steps", progress) as advance:
         for step in range(start_step + 1, n_steps + 1):
             x = space.retract(step_fn(velocity, x, dt))
             if not torch.isfinite(x).all():
                 raise NonFiniteStateError(step, step * dt, saved_until)
             if step % save_every == 0 or step == n_steps:
                 save(step)
-            if bar is not None:
-                bar[0].advance(bar[1])
-    finally:
-        if bar is not None:
-            bar[0].stop()
+            advance(1)
     if not keep or not frames:
         return None
     meta = dict(attrs or {})
     meta.setdefault("method", method)
     meta.setdefault("dt", json.dumps(dt))
     return frames_to_dataset(frames, batched=batched, attrs=meta, positions=positions)
-
-
-def _progress_bar(total: int):
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-    bar = Progress(
-        TextColumn("simulating"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total} steps"),
-        TimeRemainingColumn(),
-        transient=True,
-    )
-    bar.start()
-    return bar, bar.add_task("steps", total=total)

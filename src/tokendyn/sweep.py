@@ -33,6 +33,7 @@ from .errors import ConfigError, StoreError, TokendynError
 from .factory import build, make_field, make_space
 from .integrate import simulate
 from .observables import get_observable
+from .progress import progress_bar
 
 PENDING, DONE, FAILED = 0, 1, 2
 ERROR_CHARS = 300
@@ -367,8 +368,7 @@ def run_sweep(
         except ConfigError as err:
             store.write([i], [{"error": f"ConfigError: {err}"[:ERROR_CHARS]}])
     groups = sweep.groups(runnable, batch, max_batch)
-    bar = _progress(len(runnable)) if progress and runnable else None
-    try:
+    with progress_bar(len(runnable), "sweep", "points", progress) as advance:
         if groups or scheduler is not None:  # an explicit scheduler is always checked
             with dask_client(workers, scheduler) as client:
                 futures = {
@@ -386,11 +386,7 @@ def run_sweep(
                             group
                         )
                     store.write(group, results)
-                    if bar is not None:
-                        bar[0].advance(bar[1], len(group))
-    finally:
-        if bar is not None:
-            bar[0].stop()
+                    advance(len(group))
     return open_sweep(store.path)
 
 
@@ -411,17 +407,3 @@ def open_sweep(path: str | Path) -> xr.Dataset:
             f"store: {p} is not a sweep store. Fix: point at a `tokendyn sweep` output"
         )
     return ds
-
-
-def _progress(total: int):
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-    bar = Progress(
-        TextColumn("sweep"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total} points"),
-        TimeRemainingColumn(),
-        transient=True,
-    )
-    bar.start()
-    return bar, bar.add_task("points", total=total)
