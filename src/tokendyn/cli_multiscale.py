@@ -68,13 +68,50 @@ def register(app: typer.Typer) -> None:
     def phases(
         run: Annotated[Path, typer.Argument(help="a single-cloud run store (.zarr)")],
         as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+        plot: Annotated[
+            Path | None,
+            typer.Option(help="also draw the diagnostics against log t into this PNG"),
+        ] = None,
     ) -> None:
         """Detected phase times (alignment, cluster formation, merges) and cluster statistics of a
         stored run, beside the limits' predictions."""
-        from .meanfield.phases import detect_phases
+        from .meanfield.phases import detect_phases, diagnostics
         from .store import open_run
 
-        result = detect_phases(open_run(run))
+        ds = open_run(run)
+        diag = diagnostics(ds)
+        result = detect_phases(ds, diag)
         print(result.to_json() if as_json else json.dumps(json.loads(result.to_json()), indent=2))
+        if plot is not None:
+            from .plot import plot_phase_diagnostics
+
+            plot_phase_diagnostics(diag, result, plot)
+
+    @group.command()
+    @friendly_errors
+    def merges(
+        run: Annotated[Path, typer.Argument(help="a single-cloud run store (.zarr)")],
+        t_max: Annotated[float, typer.Option(help="stop the reduced model at this time")] = float(
+            "inf"
+        ),
+        as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    ) -> None:
+        """Continue a clustered run with the reduced model (clusters as weighted Diracs, adaptive
+        steps): every later merge with its time, pair, masses and normalised energy."""
+        from dataclasses import asdict
+
+        from .meanfield.phases import reduced_continuation
+        from .store import open_run
+
+        events = reduced_continuation(open_run(run), t_max)
+        if as_json:
+            print(json.dumps({"merges": [asdict(e) for e in events]}))
+            return
+        for e in events:
+            print(
+                f"t = {e.time:.6g}: clusters {e.pair[0]} + {e.pair[1]} merge; masses "
+                f"{', '.join(f'{m:.3f}' for m in e.masses)}; Ê {e.energy_before:.4f} → "
+                f"{e.energy_after:.4f}"
+            )
 
     app.add_typer(group, name="multiscale")

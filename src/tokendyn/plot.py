@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -23,6 +24,9 @@ from matplotlib.figure import Figure
 
 from .errors import ConfigError
 from .observables import gram_histogram
+
+if TYPE_CHECKING:
+    from .meanfield.phases import Phases
 
 STAT_LABELS = {
     "energy": "energy E_β",
@@ -366,3 +370,60 @@ def _log_spaced(values: np.ndarray) -> bool:
         return False
     ratios = v[1:] / v[:-1]
     return bool(np.allclose(ratios, ratios[0], rtol=1e-6)) and ratios[0] > 1.5
+
+
+def plot_phase_diagnostics(
+    diag: xr.Dataset, phases: Phases, path: str | Path | None = None
+) -> Figure:
+    """Per-frame phase diagnostics on a log-time axis (ε_⊥, participation ratio, Ê, macroscopic
+    clusters, and the Fourier moduli |μ̂_k| when E_max is a plane), with the detected phase times
+    (solid) and the limits' predictions (dashed)."""
+    times = np.asarray(diag["time"].values, dtype=float)
+    keep = times > 0
+    panels = [
+        ("transverse_mass", "ε_⊥ (transverse mass)", True),
+        ("participation_ratio", "participation ratio", False),
+        ("normalised_energy", "normalised energy Ê", False),
+        ("macro_clusters", "macroscopic clusters", False),
+    ]
+    has_modes = "fourier_modes" in diag
+    fig = Figure(figsize=(7.5, 1.9 * (len(panels) + has_modes) + 0.7))
+    axes = fig.subplots(len(panels) + has_modes, 1, sharex=True, squeeze=False)[:, 0]
+    for ax, (name, label, log) in zip(axes, panels, strict=False):
+        style = "steps-post" if name == "macro_clusters" else "default"
+        ax.plot(times[keep], diag[name].values[keep], drawstyle=style)
+        ax.set_ylabel(label, fontsize=8)
+        if log:
+            ax.set_yscale("log")
+    if has_modes:
+        ax = axes[-1]
+        modes = diag["fourier_modes"].values[keep]
+        for k in range(min(6, modes.shape[1])):
+            ax.plot(times[keep], modes[:, k], lw=1, label=f"k = {k + 1}")
+        ax.set_yscale("log")
+        ax.set_ylabel("|μ̂_k| on E_max", fontsize=8)
+        ax.legend(fontsize=7, ncol=3)
+    marks = [
+        (phases.alignment_done, phases.alignment_predicted, "C1", "aligned"),
+        (phases.clusters_formed, None, "C2", "clusters formed"),
+        (phases.merges[0] if phases.merges else None, phases.first_merge_predicted, "C3", "merge"),
+    ]
+    for ax in axes:
+        for detected, predicted, colour, label in marks:
+            if detected is not None and detected > 0:
+                ax.axvline(detected, color=colour, lw=1, label=label if ax is axes[0] else None)
+            if predicted is not None and predicted > 0:
+                ax.axvline(predicted, color=colour, lw=1, ls="--")
+        for later in phases.merges[1:]:
+            ax.axvline(later, color="C3", lw=1)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7, title="solid: detected, dashed: predicted", title_fontsize=7)
+    axes[-1].set_xscale("log")
+    axes[-1].set_xlabel("time t (log)")
+    axes[0].set_title(
+        f"Phases — N = {diag.attrs.get('n')}, β = {diag.attrs.get('beta'):.4g}, "
+        f"dim E_max = {diag.attrs.get('e_max_dim')}",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    return _save(fig, path)

@@ -1,6 +1,7 @@
 """Multiscale dynamics in the moderate interaction regime (multiscale spec): the three phases
 against their limits — alignment (β → ∞ flow), heat (finite-β width law), pairing (pair integral,
-sequential merging and the energy staircase)."""
+sequential merging and the energy staircase) — then the paper's scenarios
+(`multiscale_scenarios`) and the time scales against N (`multiscale_scaling`)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ from ..meanfield.multiscale import (
 from ..observables import cluster_count
 from ..space import Sphere
 from .common import Check, Section
+from .multiscale_scaling import time_scales_vs_n
+from .multiscale_scenarios import appendix_energy, scenario_1, scenario_2a, scenario_2b
 
 F64 = torch.float64
 
@@ -245,4 +248,10 @@ def run(quick: bool, out_dir: Path) -> Section:
     figures.append(
         (path, "Energy staircase: Ê jumps by 2α_iα_j at each merge, times e^{β(1−cos θ)}.")
     )
+
+    # The paper's scenarios from particle runs, and the time scales against N.
+    for part in (scenario_1, scenario_2a, scenario_2b, appendix_energy, time_scales_vs_n):
+        more_checks, more_figures = part(quick, out_dir)
+        checks.extend(more_checks)
+        figures.extend(more_figures)
     return section

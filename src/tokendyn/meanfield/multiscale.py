@@ -37,10 +37,8 @@ from scipy.linalg import expm, schur
 from scipy.special import ive, lambertw
 
 from ..errors import ConfigError
-from ..kernels import DenseBackend
 
 F64 = torch.float64
-_DENSE = DenseBackend()
 
 
 def top_eigenspace(M: np.ndarray, tol: float = 1e-9) -> np.ndarray:
@@ -186,11 +184,17 @@ def pair_merge_time_asymptotic(theta0: float, beta: float) -> float:
 
 
 def cluster_velocity(x: torch.Tensor, masses: torch.Tensor, beta: float) -> torch.Tensor:
-    """P_{x_k} Σ_l α_l e^{β⟨x_k,x_l⟩} x_l / Σ_l α_l e^{β⟨x_k,x_l⟩} for clusters x (m, d)."""
-    xb = x.unsqueeze(0)
-    out = _DENSE.attend(beta * xb, xb, xb, key_bias=masses.log().unsqueeze(0)).out[0]
+    """P_{x_k} Σ_l α_l e^{β⟨x_k,x_l⟩} x_l / Σ_l α_l e^{β⟨x_k,x_l⟩} for clusters x (m, d).
+
+    Written as Σ_{l≠k} w_kl P_{x_k} x_l (P_{x_k} x_k = 0): the self term, which carries almost all
+    the weight, would otherwise cancel in the projection and leave a rounding floor of ~1e-16
+    under velocities of order e^{β(cos θ−1)} — a floor that caps adaptive steps at long times."""
     x_hat = x / x.norm(dim=-1, keepdim=True)
-    return out - (out * x_hat).sum(-1, keepdim=True) * x_hat
+    logits = beta * (x @ x.T) + masses.log().unsqueeze(0)
+    w = torch.softmax(logits, dim=-1)
+    w = w - torch.diag_embed(torch.diagonal(w))
+    pulled = w @ x
+    return pulled - (pulled * x_hat).sum(-1, keepdim=True) * x_hat
 
 
 def angles_to_points(angles: list[float]) -> torch.Tensor:

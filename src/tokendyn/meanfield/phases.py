@@ -20,14 +20,24 @@ import torch
 import xarray as xr
 
 from ..config import SimulationConfig, make_config
+from ..errors import ConfigError
 from ..factory import make_matrices
-from ..observables import cluster_labels, effective_dimension, log_interaction_energy
+from ..kernels import get_backend
+from ..observables import cluster_labels, effective_dimension
 from ..store import stored_config
-from .multiscale import pair_merge_time, top_eigenspace, transverse_mass
+from .multiscale import (
+    Merge,
+    fourier_modes,
+    pair_merge_time,
+    sequential_merges,
+    top_eigenspace,
+    transverse_mass,
+)
 
 MACRO_FRACTION = 0.01
 ALIGNED_FRACTION = 1e-2
 FORMED_FRACTION = 0.9
+FOURIER_MODES = 12
 
 
 @dataclass
@@ -70,9 +80,23 @@ def macroscopic_clusters(x: torch.Tensor, threshold: float) -> Clusters:
     return Clusters(len(order), masses, centres, radii)
 
 
+def log_normalised_energy(
+    x: torch.Tensor, Q: torch.Tensor, K: torch.Tensor, beta: float
+) -> torch.Tensor:
+    """log Ê, Ê = (1/N²) Σ_ij e^{β(⟨Qx_i, Kx_j⟩ − λ_max(S))}, S = QᵀK (λ_max of its symmetric
+    part): Σ_k α_k² once clustered on E_max; tiled and max-shifted by the kernel backend."""
+    S = (K.T @ Q).to(torch.float64)
+    lam = float(torch.linalg.eigvalsh((S + S.T) / 2)[-1])
+    q, k = (x @ M.to(x.dtype).T for M in (Q, K))
+    lse = get_backend("auto").logsumexp(beta * q.unsqueeze(0), k.unsqueeze(0))[0]
+    return torch.logsumexp(lse, dim=-1) - 2 * math.log(x.shape[0]) - beta * lam
+
+
 def diagnostics(ds: xr.Dataset) -> xr.Dataset:
-    """Per-frame ε_⊥, participation ratio, normalised energy, macroscopic cluster count and the
-    fraction of tokens in macroscopic clusters, for a stored single-cloud run."""
+    """Per-frame ε_⊥, participation ratio, normalised energy, macroscopic cluster count, the
+    fraction of tokens in macroscopic clusters and their largest radius, for a stored single-cloud
+    run; when E_max is a plane, also the Fourier moduli |μ̂_k|, k = 1 … 12, of the azimuth on it
+    (heat limit: |μ̂_k| ∝ e^{γk²t/β})."""
     cfg = make_config(**stored_config(ds))
     Q, K, V = make_matrices(cfg, torch.Generator().manual_seed(cfg.seed))
     basis = top_eigenspace((V @ K.T @ Q).numpy())
@@ -83,7 +107,7 @@ def diagnostics(ds: xr.Dataset) -> xr.Dataset:
     n = x_all.shape[1]
     for x in x_all:
         clusters = macroscopic_clusters(x, cfg.cluster_threshold)
-        log_energy = float(log_interaction_energy(x, cfg.beta)) + math.log(2 * cfg.beta) - cfg.beta
+        log_energy = float(log_normalised_energy(x, Q, K, cfg.beta))
         rows.append(
             (
                 float(transverse_mass(x, basis)),
@@ -107,6 +131,11 @@ def diagnostics(ds: xr.Dataset) -> xr.Dataset:
         {name: ("time", values[:, i]) for i, name in enumerate(names)},
         coords={"time": ds["time"].values},
     )
+    if basis.shape[1] == 2:
+        # Heat phase on a circle E_max ∩ S: |μ̂_k| of the azimuth in E_max's basis.
+        modes = fourier_modes(x_all @ torch.as_tensor(basis), FOURIER_MODES)
+        out["fourier_modes"] = (("time", "mode"), modes)
+        out = out.assign_coords(mode=np.arange(1, FOURIER_MODES + 1))
     out.attrs.update(n=n, beta=cfg.beta, e_max_dim=basis.shape[1])
     return out
 
@@ -121,11 +150,33 @@ def alignment_time_predicted(cfg: SimulationConfig) -> float | None:
     return math.log(1 / ALIGNED_FRACTION) / (2 * (levels[0] - levels[1]))
 
 
+def pairing_scale(Q: np.ndarray, K: np.ndarray, V: np.ndarray) -> tuple[float, float] | None:
+    """(λ, c) when the pairing theorem applies on E_max: S = QᵀK symmetric, V = cS with c > 0, and
+    S = λI on E_max. There ⟨Qx, Ky⟩ = λ⟨x, y⟩ and Vx = cλx, so clusters on E_max pair as under
+    Q = K = V = I with β_eff = λβ and time running cλ times faster. None otherwise."""
+    S = K.T @ Q
+    scale = float(np.abs(S).max())
+    if scale == 0 or not np.allclose(S, S.T, atol=1e-12 * scale):
+        return None
+    c = float(np.sum(V * S) / np.sum(S * S))
+    if c <= 0 or not np.allclose(V, c * S, atol=1e-12 * max(scale, float(np.abs(V).max()))):
+        return None
+    basis = top_eigenspace(V @ S)
+    restricted = basis.T @ S @ basis
+    lam = float(restricted[0, 0])
+    if lam <= 0 or not np.allclose(restricted, lam * np.eye(basis.shape[1]), atol=1e-9 * scale):
+        return None
+    return lam, c
+
+
 def _first_merge_predicted(ds: xr.Dataset, cfg: SimulationConfig, formed: int) -> float | None:
     """Formation time + the isolated-pair time for the closest macroscopic clusters (their masses)
-    to come within the cluster threshold; only for Q = K = V = I, the pairing theorem's setting."""
-    if cfg.qkv != "identity" or any(m is not None for m in (cfg.Q, cfg.K, cfg.V)):
+    to come within the cluster threshold, when the pairing theorem applies (`pairing_scale`)."""
+    Q, K, V = (m.numpy() for m in make_matrices(cfg, torch.Generator().manual_seed(cfg.seed)))
+    scale = pairing_scale(Q, K, V)
+    if scale is None:
         return None
+    lam, c = scale
     x = torch.as_tensor(ds["x"].isel(time=formed).values, dtype=torch.float64)
     clusters = macroscopic_clusters(x, cfg.cluster_threshold)
     if clusters.count < 2:
@@ -138,15 +189,16 @@ def _first_merge_predicted(ds: xr.Dataset, cfg: SimulationConfig, formed: int) -
     if theta <= cfg.cluster_threshold:
         return None
     time = pair_merge_time(
-        theta, cfg.beta, cfg.cluster_threshold, clusters.masses[i], clusters.masses[j]
+        theta, lam * cfg.beta, cfg.cluster_threshold, clusters.masses[i], clusters.masses[j]
     )
-    return float(ds["time"].values[formed]) + time
+    return float(ds["time"].values[formed]) + time / (c * lam)
 
 
-def detect_phases(ds: xr.Dataset) -> Phases:
-    """Detected phase times of a stored run, with the limits' predictions."""
+def detect_phases(ds: xr.Dataset, diag: xr.Dataset | None = None) -> Phases:
+    """Detected phase times of a stored run, with the limits' predictions (`diag`: its
+    `diagnostics`, computed here when not given)."""
     cfg = make_config(**stored_config(ds))
-    diag = diagnostics(ds)
+    diag = diagnostics(ds) if diag is None else diag
     times = diag["time"].values
     eps = diag["transverse_mass"].values
     aligned = np.flatnonzero(eps <= ALIGNED_FRACTION * max(eps[0], 1e-300))
@@ -168,3 +220,40 @@ def detect_phases(ds: xr.Dataset) -> Phases:
     last = torch.as_tensor(ds["x"].isel(time=-1).values, dtype=torch.float64)
     phases.final_clusters = macroscopic_clusters(last, cfg.cluster_threshold)
     return phases
+
+
+def reduced_continuation(ds: xr.Dataset, t_max: float = math.inf) -> list[Merge]:
+    """Continue a stored run past its last frame with the reduced model: its macroscopic clusters
+    become weighted Diracs (masses = token fractions) merged one pair at a time
+    (`sequential_merges`, adaptive steps) until one cluster or t_max. Needs the pairing setting
+    (`pairing_scale`) and tight clusters in the last frame. Merge times are absolute run times."""
+    cfg = make_config(**stored_config(ds))
+    Q, K, V = (m.numpy() for m in make_matrices(cfg, torch.Generator().manual_seed(cfg.seed)))
+    scale = pairing_scale(Q, K, V)
+    if scale is None:
+        raise ConfigError(
+            "Q, K, V",
+            "the pairing theorem needs QᵀK = S symmetric, V = cS (c > 0) and S = λI on E_max",
+            "continue such runs with the particle engine (tokendyn simulate --resume)",
+        )
+    lam, c = scale
+    last = torch.as_tensor(ds["x"].isel(time=-1).values, dtype=torch.float64)
+    if last.dim() != 2:
+        raise ConfigError("x", "is a batch of clouds", "continue a single-cloud run")
+    clusters = macroscopic_clusters(last, cfg.cluster_threshold)
+    if sum(clusters.masses) < FORMED_FRACTION or max(clusters.radii) > cfg.cluster_threshold:
+        raise ConfigError(
+            "run",
+            "its last frame has no tight macroscopic clusters yet",
+            "simulate longer (tokendyn simulate --resume with a larger --t-end) first",
+        )
+    t_end = float(ds["time"].values[-1])
+    masses = torch.tensor(clusters.masses, dtype=torch.float64)
+    centres = torch.tensor(clusters.centres, dtype=torch.float64)
+    # On E_max the clusters pair as under Q = K = V = I at β_eff = λβ, with time scaled by cλ.
+    events = sequential_merges(
+        centres, masses, lam * cfg.beta, cfg.cluster_threshold, (t_max - t_end) * c * lam
+    )
+    for event in events:
+        event.time = t_end + event.time / (c * lam)
+    return events
