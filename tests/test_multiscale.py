@@ -300,26 +300,31 @@ def test_phases_cli(tmp_path):
 
 def test_energy_increases_when_qtk_equals_v_spd():
     """Q = I, K = V = S (S = diag(1, 1, ½) SPD, so QᵀK = V = S): ẋ_i = P_{x_i}∇_iE_S / Z_i with
-    E_S = Σ_ij e^{β x_iᵀ S x_j}, hence E_S never decreases (up to round-off)."""
-    from tokendyn.kernels import get_backend
+    E_S = Σ_ij e^{β x_iᵀ S x_j}, hence Ê never decreases (up to round-off); on frozen clusters
+    (three tight, equally spaced clusters on E_max: an equilibrium) it stays at Σα_k² + the
+    off-diagonal terms, constant to round-off."""
+    from tokendyn.meanfield.phases import log_normalised_energy
 
     S = torch.diag(torch.tensor([1.0, 1.0, 0.5], dtype=F64))
     eye = torch.eye(3, dtype=F64)
     beta = 6.0
-    x0 = Sphere(3).sample(2, 200, 3, torch.Generator().manual_seed(3), F64)
 
     def log_energy(x: torch.Tensor) -> torch.Tensor:
-        lse = get_backend("auto").logsumexp(beta * x @ S, x)
-        return torch.logsumexp(lse, dim=-1)
+        return torch.stack([log_normalised_energy(cloud, eye, S, beta) for cloud in x])
 
-    ds = simulate(
-        SoftmaxAttention([Head(eye, S, S, beta)]),
-        Sphere(3),
-        x0,
-        t_end=6.0,
-        dt=0.05,
-        stats={"log_energy": log_energy},
-    )
-    log_e = ds["log_energy"].values
+    def run(x0: torch.Tensor) -> np.ndarray:
+        field = SoftmaxAttention([Head(eye, S, S, beta)])
+        stats = {"log_energy": log_energy}
+        ds = simulate(field, Sphere(3), x0, t_end=6.0, dt=0.05, stats=stats)
+        return ds["log_energy"].values
+
+    log_e = run(Sphere(3).sample(2, 200, 3, torch.Generator().manual_seed(3), F64))
     assert np.diff(log_e, axis=0).min() > -1e-12
     assert (log_e[-1] - log_e[0]).min() > 1.0
+
+    frozen = angles_to_points([0.0, 2 * math.pi / 3, 4 * math.pi / 3]).repeat_interleave(40, 0)
+    frozen = torch.cat([frozen, torch.zeros(120, 1, dtype=F64)], dim=-1).unsqueeze(0)
+    log_frozen = run(frozen).ravel()
+    off_diagonal = 2 / 3 * math.exp(beta * (math.cos(2 * math.pi / 3) - 1))
+    assert math.exp(log_frozen[0]) == pytest.approx(1 / 3 + off_diagonal, rel=1e-12)
+    assert np.abs(log_frozen - log_frozen[0]).max() < 1e-12
