@@ -102,9 +102,52 @@ def test_grid_and_dense_labels_agree(n, d, k, log_spread, log_threshold, seed) -
         centres = rng.random((k, d))
         x = centres[rng.integers(0, k, n)] + 10**log_spread * rng.normal(size=(n, d))
     for threshold in 10**log_threshold * np.array([0.5, 1.0, 2.0]):
-        dense = obs.cluster_labels(torch.from_numpy(x), threshold)
+        dense = obs.cluster_labels(torch.from_numpy(x), threshold, dense_max=obs.DENSE_CLUSTER_MAX)
         grid = obs.cluster_labels(torch.from_numpy(x), threshold, dense_max=0)
         np.testing.assert_array_equal(grid, dense)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(1, 300),
+    d=st.integers(obs.GRID_MAX_DIM + 1, 80),
+    k=st.integers(0, 6),
+    log_spread=st.floats(-4, -0.5),
+    log_threshold=st.floats(-2.5, 0.5),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_leader_and_dense_labels_agree(n, d, k, log_spread, log_threshold, seed) -> None:
+    """High-d clouds of k groups, or (k = 0) a noisy chain along a line (mean spacing 1/20 of the
+    threshold), where groups link only through their members: the leader algorithm (when it
+    accepts the cloud) and the cluster_labels path above the dense limit give the dense
+    components exactly."""
+    rng = np.random.default_rng(seed)
+    if k == 0:
+        direction = rng.normal(size=d) / math.sqrt(d)
+        steps = rng.exponential(10**log_threshold / 20, size=n).cumsum()
+        x = steps[:, None] * direction + 10 ** (log_threshold - 2) * rng.normal(size=(n, d))
+        x = x[rng.permutation(n)]  # leaders at random places along the chain
+    else:
+        centres = rng.random((k, d))
+        x = centres[rng.integers(0, k, n)] + 10**log_spread * rng.normal(size=(n, d))
+    for threshold in 10**log_threshold * np.array([0.5, 1.0, 2.0]):
+        dense = obs.cluster_labels(torch.from_numpy(x), threshold, dense_max=obs.DENSE_CLUSTER_MAX)
+        leader = obs._leader_labels(x, threshold)
+        if leader is not None:
+            np.testing.assert_array_equal(obs._first_appearance_order(leader), dense)
+        above = obs.cluster_labels(torch.from_numpy(x), threshold, dense_max=0)
+        np.testing.assert_array_equal(above, dense)
+
+
+def test_leader_algorithm_takes_tight_high_dimensional_clusters() -> None:
+    """5 tight clusters of 8000 tokens at d = 64: grouped by leaders (not refused), exact."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(5, 64))
+    x = centres[np.arange(8000) % 5] + 1e-3 * rng.normal(size=(8000, 64))
+    labels = obs._leader_labels(x, 0.05)
+    assert labels is not None
+    np.testing.assert_array_equal(obs._first_appearance_order(labels), np.arange(8000) % 5)
+    assert obs._leader_labels(rng.normal(size=(2000, 64)), 0.05) is None  # spread out
 
 
 @pytest.mark.parametrize("d", [2, 3, 5])
@@ -112,7 +155,7 @@ def test_grid_and_dense_agree_on_uniform_clouds(d: int) -> None:
     x = torch.rand(2000, d, dtype=torch.float64, generator=torch.Generator().manual_seed(d))
     spacing = 2000 ** (-1 / d)
     for threshold in spacing * np.array([0.3, 0.7, 1.0, 1.5]):
-        dense = obs.cluster_labels(x, threshold)
+        dense = obs.cluster_labels(x, threshold, dense_max=obs.DENSE_CLUSTER_MAX)
         np.testing.assert_array_equal(obs.cluster_labels(x, threshold, dense_max=0), dense)
 
 
