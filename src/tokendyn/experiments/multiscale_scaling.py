@@ -50,7 +50,6 @@ from ..meanfield.multiscale import (
 )
 from ..meanfield.phases import (
     ALIGNED_FRACTION,
-    FORMED_FRACTION,
     alignment_time_predicted,
     macroscopic_clusters,
 )
@@ -139,8 +138,7 @@ def measure(cfg: SimulationConfig, ds: xr.Dataset) -> tuple[float | None, int | 
         clusters = macroscopic_clusters(x_all[k], cfg.cluster_threshold)
         major = sum(m >= MAJOR_FRACTION for m in clusters.masses)
         if formed is None:
-            tight = max(clusters.radii, default=math.inf) <= cfg.cluster_threshold
-            if sum(clusters.masses) >= FORMED_FRACTION and tight:
+            if clusters.formed(cfg.cluster_threshold):
                 formed, count = k, major
         elif major < count:
             merge = k

@@ -253,11 +253,11 @@ def appendix_energy(quick: bool, out_dir: Path) -> tuple[list[Check], Figures]:
     formed, first_merge = None, None
     for k in range(len(early_t), len(frames)):  # clusters are not formed before t = 1
         clusters = macroscopic_clusters(torch.as_tensor(frames[k]), 0.05)
-        tight = sum(clusters.masses) >= 0.9 and max(clusters.radii, default=1.0) <= 0.05
-        if formed is None and tight:
+        if formed is None and clusters.formed(0.05):
             formed = (k, clusters)
-        elif formed is not None and first_merge is None and clusters.count < formed[1].count:
+        elif formed is not None and clusters.count < formed[1].count:
             first_merge = float(times[k])
+            break
     checks: list[Check] = []
     if formed is None:
         raise RuntimeError("appendix E: the clusters did not form within the particle run")

@@ -27,6 +27,7 @@ from ..observables import cluster_labels, effective_dimension
 from ..store import stored_config
 from .multiscale import (
     Merge,
+    closest_pair,
     fourier_modes,
     pair_merge_time,
     sequential_merges,
@@ -47,6 +48,12 @@ class Clusters:
     centres: list[list[float]]
     radii: list[float]  # RMS distance of the members to their mean
 
+    def formed(self, threshold: float) -> bool:
+        """Clusters have formed: they hold ≥ FORMED_FRACTION of the tokens and are tight (RMS
+        radius ≤ threshold), not chains of close neighbours."""
+        tight = max(self.radii, default=math.inf) <= threshold
+        return sum(self.masses) >= FORMED_FRACTION and tight
+
 
 @dataclass
 class Phases:
@@ -61,6 +68,11 @@ class Phases:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
+
+
+def run_matrices(cfg: SimulationConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The run's Q, K, V, rebuilt from its config and seed."""
+    return make_matrices(cfg, torch.Generator().manual_seed(cfg.seed))
 
 
 def macroscopic_clusters(x: torch.Tensor, threshold: float) -> Clusters:
@@ -98,7 +110,7 @@ def diagnostics(ds: xr.Dataset) -> xr.Dataset:
     run; when E_max is a plane, also the Fourier moduli |μ̂_k|, k = 1 … 12, of the azimuth on it
     (heat limit: |μ̂_k| ∝ e^{γk²t/β})."""
     cfg = make_config(**stored_config(ds))
-    Q, K, V = make_matrices(cfg, torch.Generator().manual_seed(cfg.seed))
+    Q, K, V = run_matrices(cfg)
     basis = top_eigenspace((V @ K.T @ Q).numpy())
     x_all = torch.as_tensor(ds["x"].values, dtype=torch.float64)
     if x_all.dim() != 3:
@@ -143,7 +155,7 @@ def diagnostics(ds: xr.Dataset) -> xr.Dataset:
 def alignment_time_predicted(cfg: SimulationConfig) -> float | None:
     """Time for ε_⊥ to fall by ALIGNED_FRACTION at the limit rate 2(Re λ₁ − Re λ₂) of M = V KᵀQ
     (None when M has a single eigenvalue level)."""
-    Q, K, V = make_matrices(cfg, torch.Generator().manual_seed(cfg.seed))
+    Q, K, V = run_matrices(cfg)
     levels = np.unique(np.round(np.linalg.eigvals((V @ K.T @ Q).numpy()).real, 12))[::-1]
     if len(levels) < 2:
         return None
@@ -172,7 +184,7 @@ def pairing_scale(Q: np.ndarray, K: np.ndarray, V: np.ndarray) -> tuple[float, f
 def _first_merge_predicted(ds: xr.Dataset, cfg: SimulationConfig, formed: int) -> float | None:
     """Formation time + the isolated-pair time for the closest macroscopic clusters (their masses)
     to come within the cluster threshold, when the pairing theorem applies (`pairing_scale`)."""
-    Q, K, V = (m.numpy() for m in make_matrices(cfg, torch.Generator().manual_seed(cfg.seed)))
+    Q, K, V = (m.numpy() for m in run_matrices(cfg))
     scale = pairing_scale(Q, K, V)
     if scale is None:
         return None
@@ -181,11 +193,7 @@ def _first_merge_predicted(ds: xr.Dataset, cfg: SimulationConfig, formed: int) -
     clusters = macroscopic_clusters(x, cfg.cluster_threshold)
     if clusters.count < 2:
         return None
-    centres = np.array(clusters.centres)
-    gram = centres @ centres.T
-    np.fill_diagonal(gram, -2.0)
-    i, j = np.unravel_index(int(gram.argmax()), gram.shape)
-    theta = math.acos(min(1.0, float(gram[i, j])))
+    i, j, theta = closest_pair(torch.tensor(clusters.centres, dtype=torch.float64))
     if theta <= cfg.cluster_threshold:
         return None
     time = pair_merge_time(
@@ -228,7 +236,7 @@ def reduced_continuation(ds: xr.Dataset, t_max: float = math.inf) -> list[Merge]
     (`sequential_merges`, adaptive steps) until one cluster or t_max. Needs the pairing setting
     (`pairing_scale`) and tight clusters in the last frame. Merge times are absolute run times."""
     cfg = make_config(**stored_config(ds))
-    Q, K, V = (m.numpy() for m in make_matrices(cfg, torch.Generator().manual_seed(cfg.seed)))
+    Q, K, V = (m.numpy() for m in run_matrices(cfg))
     scale = pairing_scale(Q, K, V)
     if scale is None:
         raise ConfigError(
@@ -241,7 +249,7 @@ def reduced_continuation(ds: xr.Dataset, t_max: float = math.inf) -> list[Merge]
     if last.dim() != 2:
         raise ConfigError("x", "is a batch of clouds", "continue a single-cloud run")
     clusters = macroscopic_clusters(last, cfg.cluster_threshold)
-    if sum(clusters.masses) < FORMED_FRACTION or max(clusters.radii) > cfg.cluster_threshold:
+    if not clusters.formed(cfg.cluster_threshold):
         raise ConfigError(
             "run",
             "its last frame has no tight macroscopic clusters yet",
