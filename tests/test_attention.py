@@ -8,7 +8,7 @@ import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from tokendyn.attention import (
+from tokendyn.engine.attention import (
     Head,
     L2Attention,
     SigmoidAttention,

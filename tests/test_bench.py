@@ -7,9 +7,15 @@ import math
 import pytest
 import torch
 
-from tokendyn.bench import CONTRACT_KEYS, bench_large, format_table, measure_peaks, run_bench
+from tokendyn.bench.throughput import (
+    CONTRACT_KEYS,
+    bench_large,
+    format_table,
+    measure_peaks,
+    run_bench,
+)
+from tokendyn.engine.kernels import get_backend
 from tokendyn.errors import ConfigError
-from tokendyn.kernels import get_backend
 
 ALL_BACKENDS = ("dense", "tiled", "sdpa", "naive")
 

@@ -5,8 +5,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
+from tokendyn.app.store import open_run
 from tokendyn.cli import app
-from tokendyn.store import open_run
 
 runner = CliRunner()
 FAST = ["--n", "16", "--d", "3", "--t-end", "1", "--dt", "0.1", "--quiet"]
@@ -169,7 +169,7 @@ def test_reproduce_quick_writes_report(tmp_path):
 
 @pytest.mark.slow
 def test_reproduce_quick_every_section(tmp_path):
-    from tokendyn.report import SECTIONS
+    from tokendyn.studies.report import SECTIONS
 
     result = invoke("reproduce", "--quick", "--out", str(tmp_path / "report"))
     assert result.exit_code == 0, result.output

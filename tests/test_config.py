@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from tokendyn.config import load_config, make_config
+from tokendyn.app.build import build, make_field
+from tokendyn.app.config import load_config, make_config
 from tokendyn.errors import ConfigError
-from tokendyn.factory import build, make_field
 
 
 def test_defaults_build_a_run():

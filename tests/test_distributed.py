@@ -10,11 +10,11 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tokendyn.config import make_config
-from tokendyn.distributed import row_blocks
+from tokendyn.app.config import make_config
+from tokendyn.app.run import run_simulation
+from tokendyn.app.store import open_run
+from tokendyn.engine.distributed import row_blocks
 from tokendyn.errors import ConfigError
-from tokendyn.run import run_simulation
-from tokendyn.store import open_run
 
 FLAGS = [
     "--n",

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from tokendyn.dmft import analysis
 from tokendyn.errors import ConfigError
+from tokendyn.theory.dmft import analysis
 
 
 def test_period_detection():

@@ -4,10 +4,10 @@ Run: pytest -m slow tests/test_dmft_bench.py --benchmark-enable"""
 import numpy as np
 import pytest
 
-from tokendyn.dmft.bench import bench_map, bench_sampler
-from tokendyn.dmft.meanfield import MeanFieldMap
-from tokendyn.dmft.model import paper_model
-from tokendyn.dmft.starts import start_state
+from tokendyn.bench.dmft import bench_map, bench_sampler
+from tokendyn.theory.dmft.meanfield import MeanFieldMap
+from tokendyn.theory.dmft.model import paper_model
+from tokendyn.theory.dmft.starts import start_state
 
 
 @pytest.mark.slow

@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 
-from tokendyn.dmft import figures
-from tokendyn.dmft.bifurcation import sweep
-from tokendyn.dmft.meanfield import MeanFieldMap
-from tokendyn.dmft.model import paper_model
-from tokendyn.dmft.starts import start_state
 from tokendyn.errors import ConfigError
+from tokendyn.theory.dmft.bifurcation import sweep
+from tokendyn.theory.dmft.meanfield import MeanFieldMap
+from tokendyn.theory.dmft.model import paper_model
+from tokendyn.theory.dmft.starts import start_state
+from tokendyn.viz import dmft as figures
 
 
 def test_v1_sweep_equals_single_runs():

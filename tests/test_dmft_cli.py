@@ -69,7 +69,8 @@ def test_bad_inputs_exit_2_with_one_line(args, message):
 @pytest.mark.slow
 def test_report_section_quick(tmp_path, monkeypatch):
     import tokendyn.report as report
-    from tokendyn.experiments.dmft import run
+
+    from tokendyn.studies.dmft import run
 
     monkeypatch.setattr(report, "SECTIONS", {"dmft": run})
     summary = report.write_report(tmp_path, quick=True, only=["dmft"])

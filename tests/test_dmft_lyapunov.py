@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 
-from tokendyn.dmft.dynamics import Core, WindowState
-from tokendyn.dmft.lyapunov import Tangent, lyapunov, random_tangent, regime, tangent_step
-from tokendyn.dmft.meanfield import MeanFieldMap
-from tokendyn.dmft.model import paper_model
-from tokendyn.dmft.runs import lyapunov_summary
-from tokendyn.dmft.starts import start_state, x0_start
+from tokendyn.theory.dmft.dynamics import Core, WindowState
+from tokendyn.theory.dmft.lyapunov import Tangent, lyapunov, random_tangent, regime, tangent_step
+from tokendyn.theory.dmft.meanfield import MeanFieldMap
+from tokendyn.theory.dmft.model import paper_model
+from tokendyn.theory.dmft.runs import lyapunov_summary
+from tokendyn.theory.dmft.starts import start_state, x0_start
 
 
 def _flat(s: WindowState) -> np.ndarray:

@@ -6,13 +6,13 @@ import itertools
 import numpy as np
 import pytest
 
-from tokendyn.dmft.analysis import detect_period
-from tokendyn.dmft.dynamics import Core
-from tokendyn.dmft.meanfield import MeanFieldMap
-from tokendyn.dmft.model import Model, Params, Weights, paper_model
-from tokendyn.dmft.runs import record
-from tokendyn.dmft.starts import start_state, x0_start
-from tokendyn.experiments.dmft import ORBIT_TOL, orbit_deviation, period24_run
+from tokendyn.studies.dmft import ORBIT_TOL, orbit_deviation, period24_run
+from tokendyn.theory.dmft.analysis import detect_period
+from tokendyn.theory.dmft.dynamics import Core
+from tokendyn.theory.dmft.meanfield import MeanFieldMap
+from tokendyn.theory.dmft.model import Model, Params, Weights, paper_model
+from tokendyn.theory.dmft.runs import record
+from tokendyn.theory.dmft.starts import start_state, x0_start
 
 
 def test_period24_orbit_from_x0_short():

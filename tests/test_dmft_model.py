@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from tokendyn.dmft.dynamics import Core
-from tokendyn.dmft.model import (
+from tokendyn.errors import ConfigError, TokendynError
+from tokendyn.theory.dmft.dynamics import Core
+from tokendyn.theory.dmft.model import (
     SEED1_BLOCKS,
     SEED1_PE,
     Model,
@@ -16,8 +17,7 @@ from tokendyn.dmft.model import (
     positional_codes,
     seed1_weights,
 )
-from tokendyn.dmft.starts import STORED, start_state, x0_overlaps
-from tokendyn.errors import ConfigError, TokendynError
+from tokendyn.theory.dmft.starts import STORED, start_state, x0_overlaps
 
 T = 1 / 3
 # spec §2.3: semantic correlations C^{oα}_{ab} = ⟨W^o_a W^α_b⟩ and fourth-order Q^{oα}_b

@@ -4,13 +4,13 @@ convergence to the mean-field map in non-chaotic regimes, seeding."""
 import numpy as np
 import pytest
 
-from tokendyn.dmft.analysis import loglog_slope
-from tokendyn.dmft.dynamics import Core
-from tokendyn.dmft.finite import deviation, finite_stats, paper_finite_model
-from tokendyn.dmft.model import paper_model
-from tokendyn.dmft.sampler import FiniteSampler
-from tokendyn.dmft.starts import start_state
 from tokendyn.errors import ConfigError
+from tokendyn.theory.dmft.analysis import loglog_slope
+from tokendyn.theory.dmft.dynamics import Core
+from tokendyn.theory.dmft.finite import deviation, finite_stats, paper_finite_model
+from tokendyn.theory.dmft.model import paper_model
+from tokendyn.theory.dmft.sampler import FiniteSampler
+from tokendyn.theory.dmft.starts import start_state
 
 TRIALS = 20_000
 

@@ -5,10 +5,12 @@ import pytest
 import scipy.linalg
 import torch
 
-from tokendyn.attention import Head, SoftmaxAttention
+from tokendyn.app.simulate import simulate
+from tokendyn.engine.attention import Head, SoftmaxAttention
+from tokendyn.engine.space import Euclidean
 from tokendyn.errors import ConfigError
-from tokendyn.integrate import simulate
-from tokendyn.meanfield import (
+from tokendyn.studies.particles_vs_closure import mc_moment_rates, sample_gaussian
+from tokendyn.theory import (
     VIClosedForm,
     authors_scheme,
     closure_rhs,
@@ -16,8 +18,6 @@ from tokendyn.meanfield import (
     make_closure,
     solve_closure,
 )
-from tokendyn.meanfield.particles_vs_closure import mc_moment_rates, sample_gaussian
-from tokendyn.space import Euclidean
 
 RNG = np.random.default_rng(7)
 Q2 = np.array([[0.6, 0.2], [-0.1, 0.5]])

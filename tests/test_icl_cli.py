@@ -8,8 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from tokendyn.cli import app
-from tokendyn.icl import get_setting, make_prior
-from tokendyn.icl.train import evaluate_mse, load_checkpoint, make_test_set
+from tokendyn.theory.icl import get_setting, make_prior
+from tokendyn.theory.icl.train import evaluate_mse, load_checkpoint, make_test_set
 
 runner = CliRunner()
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from tokendyn.errors import ConfigError
-from tokendyn.icl import get_setting, make_prior
-from tokendyn.icl.baselines import gd_steps
-from tokendyn.icl.models import ConstrainedICL, LSAFull, build_model, von_oswald_gd_layer
-from tokendyn.icl.tasks import sample_tasks, tokens
+from tokendyn.theory.icl import get_setting, make_prior
+from tokendyn.theory.icl.baselines import gd_steps
+from tokendyn.theory.icl.models import ConstrainedICL, LSAFull, build_model, von_oswald_gd_layer
+from tokendyn.theory.icl.tasks import sample_tasks, tokens
 
 F64 = torch.float64
 TOL = 1e-12  # float64 sums of ≤ 64 terms of size O(1): rounding ~1e-15, leave margin

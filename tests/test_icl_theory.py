@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from tokendyn.errors import ConfigError
-from tokendyn.icl import GaussianPrior, MixturePrior, TreePrior, get_setting, make_prior
-from tokendyn.icl.baselines import all_baselines, bayes, dmmse, gd_steps, ridge
-from tokendyn.icl.tasks import sample_tasks
-from tokendyn.icl.theory import (
+from tokendyn.theory.icl import GaussianPrior, MixturePrior, TreePrior, get_setting, make_prior
+from tokendyn.theory.icl.baselines import all_baselines, bayes, dmmse, gd_steps, ridge
+from tokendyn.theory.icl.tasks import sample_tasks
+from tokendyn.theory.icl.theory import (
     dp_value,
     j_star_gauss,
     measurement_cov,

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from tokendyn.icl import get_setting, make_prior
-from tokendyn.icl.train import TrainConfig, evaluate_mse, make_test_set, train
+from tokendyn.theory.icl import get_setting, make_prior
+from tokendyn.theory.icl.train import TrainConfig, evaluate_mse, make_test_set, train
 
 
 def test_training_is_deterministic_and_keeps_the_best_seed():
@@ -43,7 +43,8 @@ def test_trained_ff_beats_lin_by_the_spec_margin(tmp_path):
 def test_report_section_quick(tmp_path, monkeypatch):
     """`tokendyn reproduce --quick --section icl`: every CPU criterion check passes."""
     import tokendyn.report as report
-    from tokendyn.experiments.icl import run
+
+    from tokendyn.studies.icl import run
 
     monkeypatch.setattr(report, "SECTIONS", {"icl": run})
     summary = report.write_report(tmp_path, quick=True, only=["icl"])

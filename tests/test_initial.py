@@ -7,10 +7,10 @@ import pytest
 import torch
 from scipy import stats
 
-from tokendyn.config import load_config, make_config
+from tokendyn.app.build import build
+from tokendyn.app.config import load_config, make_config
+from tokendyn.engine.initial import beta_from_law, wrapped_normal_mixture
 from tokendyn.errors import ConfigError
-from tokendyn.factory import build
-from tokendyn.initial import beta_from_law, wrapped_normal_mixture
 
 CENTERS = [0.0, 2.1, 4.2]
 WEIGHTS = [1.0, 2.0, 1.0]

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from tokendyn.attention import Head, SoftmaxAttention
+from tokendyn.app.simulate import simulate
+from tokendyn.engine.attention import Head, SoftmaxAttention
+from tokendyn.engine.space import Euclidean, Sphere
 from tokendyn.errors import ConfigError, NonFiniteStateError
-from tokendyn.experiments.engine import convergence_order, exact_gap, two_token_gap
-from tokendyn.integrate import simulate
-from tokendyn.space import Euclidean, Sphere
+from tokendyn.studies.engine import convergence_order, exact_gap, two_token_gap
 
 F64 = torch.float64
 
@@ -156,7 +156,7 @@ def test_nan_initial_state_is_rejected():
 def test_energy_never_decreases_along_the_sphere_flow(normalise):
     """Q=K=V=I on S^{d-1}: SA and USA are gradient ascents of E_β (USA for the plain metric, SA for
     a reweighted one), so E_β(t) is non-decreasing up to round-off."""
-    from tokendyn.observables import interaction_energy
+    from tokendyn.engine.observables import interaction_energy
 
     gen = torch.Generator().manual_seed(11)
     x0 = Sphere(3).sample(2, 32, 3, gen, F64)

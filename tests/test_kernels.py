@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tokendyn.kernels import (
+from tokendyn.engine.kernels import (
     AutoBackend,
     DenseBackend,
     SdpaBackend,

@@ -10,11 +10,12 @@ import torch
 from scipy.integrate import solve_ivp
 from typer.testing import CliRunner
 
-from tokendyn.attention import Head, SoftmaxAttention
+from tokendyn.app.simulate import simulate
 from tokendyn.cli import app
+from tokendyn.engine.attention import Head, SoftmaxAttention
+from tokendyn.engine.space import Sphere
 from tokendyn.errors import ConfigError
-from tokendyn.integrate import simulate
-from tokendyn.meanfield.multiscale import (
+from tokendyn.theory.multiscale import (
     angles_to_points,
     cluster_velocity,
     normalised_energy,
@@ -23,7 +24,6 @@ from tokendyn.meanfield.multiscale import (
     run_until_merge,
     sequential_merges,
 )
-from tokendyn.space import Sphere
 
 F64 = torch.float64
 
@@ -153,7 +153,7 @@ def test_merge_time_needs_a_gap_below_the_angle():
 
 
 def test_top_eigenspace_real_complex_and_jordan():
-    from tokendyn.meanfield.multiscale import top_eigenspace
+    from tokendyn.theory.multiscale import top_eigenspace
 
     real = top_eigenspace(np.diag([1.0, 0.5, 0.25]))
     assert real.shape == (3, 1) and abs(abs(real[0, 0]) - 1) < 1e-12
@@ -166,7 +166,7 @@ def test_top_eigenspace_real_complex_and_jordan():
 def test_alignment_limit_is_approached_as_beta_grows():
     """Scenario 1a (Q = K = I, V = diag(1, 0.5, 0.25)): SA tokens at t = 1 approach the closed-form
     independent flow x = e^{tV}x₀/|·| as β grows (error O(1/β) until the finite-N floor)."""
-    from tokendyn.meanfield.multiscale import alignment_flow, top_eigenspace, transverse_mass
+    from tokendyn.theory.multiscale import alignment_flow, top_eigenspace, transverse_mass
 
     x0 = Sphere(3).sample(1, 1500, 3, torch.Generator().manual_seed(0), F64)[0]
     eye = torch.eye(3, dtype=F64)
@@ -187,7 +187,7 @@ def test_alignment_limit_is_approached_as_beta_grows():
 def test_heat_width_laws():
     """Finite-β law βσ² + ln σ² = βσ₀² + ln σ₀² − 2γt solved exactly; heat limit σ₀² − 2γt/β;
     spec: β = 10, σ₀ = 0.3, backward, t = 0.5 gives σ² ≈ 0.0495 (the heat limit has collapsed)."""
-    from tokendyn.meanfield.multiscale import heat_variance
+    from tokendyn.theory.multiscale import heat_variance
 
     for beta, s0, t, gamma in ((10.0, 0.3, 0.5, 1), (50.0, 0.2, 3.0, -1), (200.0, 0.1, 0.2, -1)):
         v = heat_variance(s0, t, beta, gamma)
@@ -203,8 +203,8 @@ def test_forward_heat_follows_the_finite_beta_law():
     """Q = K = I, V = −I on S¹ from one wrapped normal (σ₀ = 0.3, β = 50): the variance increment
     (from the sample's own t = 0 value, estimated as −2 ln R) follows the finite-β law within 5 %,
     while the pure heat law overestimates it by 20 % (spec: 24–32 % for the variance at β = 50)."""
-    from tokendyn.initial import wrapped_normal_mixture
-    from tokendyn.meanfield.multiscale import heat_variance
+    from tokendyn.engine.initial import wrapped_normal_mixture
+    from tokendyn.theory.multiscale import heat_variance
 
     beta, s0 = 50.0, 0.3
     x0 = wrapped_normal_mixture(1, 2000, 2, [0.0], None, s0, torch.Generator().manual_seed(1))[0]
@@ -227,7 +227,7 @@ def test_forward_heat_follows_the_finite_beta_law():
 
 
 def test_wrapped_normal_density_is_normalised():
-    from tokendyn.meanfield.multiscale import wrapped_normal_density
+    from tokendyn.theory.multiscale import wrapped_normal_density
 
     theta = np.linspace(-np.pi, np.pi, 20001)
     rho = wrapped_normal_density(theta, [0.0, 2.0, 4.0], [1.0, 2.0, 1.0], [0.04, 0.5, 2.0])
@@ -238,9 +238,9 @@ def test_phase_detection_on_stored_runs(tmp_path):
     """Tight clusters from the start (σ₀ = 0.002): formed at t = 0, and the detected first merge
     matches the isolated-pair prediction (masses measured) within a saved-frame interval + 5 %.
     Scenario 1a: alignment detected, within a factor 2 of ln(100)/(2(λ₁ − λ₂))."""
-    from tokendyn.config import make_config
-    from tokendyn.meanfield.phases import detect_phases
-    from tokendyn.run import run_simulation
+    from tokendyn.app.config import make_config
+    from tokendyn.app.phases import detect_phases
+    from tokendyn.app.run import run_simulation
 
     pairing = make_config(
         d=2,
@@ -279,8 +279,8 @@ def test_phase_detection_on_stored_runs(tmp_path):
 
 
 def test_phases_cli(tmp_path):
-    from tokendyn.config import make_config
-    from tokendyn.run import run_simulation
+    from tokendyn.app.config import make_config
+    from tokendyn.app.run import run_simulation
 
     run_simulation(make_config(d=2, n=40, t_end=1.0, dt=0.1, stats=[]), tmp_path / "r.zarr")
     result = CliRunner().invoke(app, ["multiscale", "phases", str(tmp_path / "r.zarr"), "--json"])
@@ -303,7 +303,7 @@ def test_energy_increases_when_qtk_equals_v_spd():
     E_S = Σ_ij e^{β x_iᵀ S x_j}, hence Ê never decreases (up to round-off); on frozen clusters
     (three tight, equally spaced clusters on E_max: an equilibrium) it stays at Σα_k² + the
     off-diagonal terms, constant to round-off."""
-    from tokendyn.meanfield.phases import log_normalised_energy
+    from tokendyn.app.phases import log_normalised_energy
 
     S = torch.diag(torch.tensor([1.0, 1.0, 0.5], dtype=F64))
     eye = torch.eye(3, dtype=F64)

@@ -5,10 +5,10 @@ import math
 import numpy as np
 import pytest
 
-from tokendyn.experiments import multiscale_scaling as ms
-from tokendyn.meanfield.multiscale import heat_variance
-from tokendyn.meanfield.phases import alignment_time_predicted, detect_phases
-from tokendyn.run import run_simulation
+from tokendyn.app.phases import alignment_time_predicted, detect_phases
+from tokendyn.app.run import run_simulation
+from tokendyn.studies import multiscale_scaling as ms
+from tokendyn.theory.multiscale import heat_variance
 
 
 @pytest.fixture(scope="module")

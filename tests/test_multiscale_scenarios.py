@@ -10,16 +10,11 @@ import torch
 from scipy.special import ive
 from typer.testing import CliRunner
 
+from tokendyn.app.phases import detect_phases, diagnostics, log_normalised_energy, pairing_scale
 from tokendyn.cli import app
-from tokendyn.experiments import multiscale_scenarios as sc
-from tokendyn.initial import wrapped_normal_mixture
-from tokendyn.meanfield.phases import (
-    detect_phases,
-    diagnostics,
-    log_normalised_energy,
-    pairing_scale,
-)
-from tokendyn.space import Sphere
+from tokendyn.engine.initial import wrapped_normal_mixture
+from tokendyn.engine.space import Sphere
+from tokendyn.studies import multiscale_scenarios as sc
 
 F64 = torch.float64
 S = np.diag([1.0, 1.0, 0.5])
@@ -61,7 +56,7 @@ def test_scenario_2a_clusters_sit_at_the_mixture_means():
     n, sigma0, centres, weights = 600, 0.2, [0.0, 2.1, 4.2], [0.5, 0.3, 0.2]
     x0 = wrapped_normal_mixture(1, n, 3, centres, weights, sigma0, torch.Generator())[0]
     _, frames = sc._run(np.eye(3), S, S, 10.0, x0, t_end=6.0, dt=0.02, save_every=300)
-    from tokendyn.meanfield.phases import macroscopic_clusters
+    from tokendyn.app.phases import macroscopic_clusters
 
     clusters = macroscopic_clusters(torch.as_tensor(frames[-1]), 0.05)
     found = np.array([math.atan2(c[1], c[0]) for c in clusters.centres])
@@ -103,8 +98,8 @@ def test_normalised_energy_of_uniform_circle_data():
 
 @pytest.fixture(scope="module")
 def run_2a(tmp_path_factory):
-    from tokendyn.config import make_config
-    from tokendyn.run import run_simulation
+    from tokendyn.app.config import make_config
+    from tokendyn.app.run import run_simulation
 
     cfg = make_config(
         n=800,
@@ -164,7 +159,7 @@ def test_reduced_continuation_from_formation_predicts_the_particle_merge(run_2a)
     """Cut the stored run when the clusters have formed, continue with weighted Diracs: the first
     reduced merge lands on the particle run's first merge (frame spacing + 5 %); the reduced
     model goes on to one cluster (masses: token fractions of the macroscopic clusters), Ê → 1."""
-    from tokendyn.meanfield.phases import reduced_continuation
+    from tokendyn.app.phases import reduced_continuation
 
     _, ds = run_2a
     phases = detect_phases(ds)
@@ -184,8 +179,8 @@ def test_merges_cli(run_2a, tmp_path):
     merges = json.loads(result.output)["merges"]
     assert merges and len(merges[-1]["masses"]) == 1
 
-    from tokendyn.config import make_config
-    from tokendyn.run import run_simulation
+    from tokendyn.app.config import make_config
+    from tokendyn.app.run import run_simulation
 
     forward = make_config(d=2, n=50, V=(-np.eye(2)).tolist(), t_end=0.5, dt=0.1, stats=[])
     run_simulation(forward, tmp_path / "forward.zarr")

@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tokendyn import observables as obs
+from tokendyn.engine import observables as obs
 from tokendyn.errors import ConfigError
 
 

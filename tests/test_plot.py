@@ -13,10 +13,10 @@ import xarray as xr
 from matplotlib.figure import Figure
 from PIL import Image
 
-from tokendyn import observables as obs
-from tokendyn.animate import animate_run
+from tokendyn.engine import observables as obs
 from tokendyn.errors import ConfigError
-from tokendyn.plot import (
+from tokendyn.viz.animate import animate_run
+from tokendyn.viz.plot import (
     beta_of,
     plot_circle_angles,
     plot_gram_histogram,

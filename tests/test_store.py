@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from tokendyn.config import make_config
+from tokendyn.app.config import make_config
+from tokendyn.app.run import run_simulation
+from tokendyn.app.store import export_netcdf, open_run, truncate_incomplete_frames
 from tokendyn.errors import StoreError
-from tokendyn.run import run_simulation
-from tokendyn.store import export_netcdf, open_run, truncate_incomplete_frames
 
 SMALL = dict(
     n=24, d=3, beta=2.0, t_end=2.0, dt=0.1, save_every=2, stats=["energy", "effective_dim"]

@@ -8,11 +8,9 @@ import time
 import numpy as np
 import pytest
 
-from tokendyn.config import make_config
-from tokendyn.errors import ConfigError, StoreError
-from tokendyn.plot import plot_phase
-from tokendyn.run import run_simulation
-from tokendyn.sweep import (
+from tokendyn.app.config import make_config
+from tokendyn.app.run import run_simulation
+from tokendyn.app.sweep import (
     DONE,
     FAILED,
     PENDING,
@@ -22,6 +20,8 @@ from tokendyn.sweep import (
     run_points,
     run_sweep,
 )
+from tokendyn.errors import ConfigError, StoreError
+from tokendyn.viz.plot import plot_phase
 
 BASE = {"n": 24, "d": 3, "t_end": 6.0, "dt": 0.2, "save_every": 5}
 
@@ -135,7 +135,7 @@ def test_sweep_file_tables(tmp_path):
 
 
 def test_unreachable_scheduler(tmp_path, monkeypatch):
-    monkeypatch.setattr("tokendyn.sweep.SCHEDULER_TIMEOUT", "1s")
+    monkeypatch.setattr("tokendyn.app.sweep.SCHEDULER_TIMEOUT", "1s")
     with pytest.raises(ConfigError, match="^scheduler: cannot reach"):
         run_sweep(Sweep(BASE, {"beta": [1.0]}), tmp_path / "s.zarr", scheduler="tcp://127.0.0.1:9")
 

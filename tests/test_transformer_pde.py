@@ -8,16 +8,16 @@ import torch
 from typer.testing import CliRunner
 
 from tokendyn.cli import app
-from tokendyn.meanfield import make_closure, solve_closure
-from tokendyn.meanfield.paper_setups import experiments, init_grid, rank_systems, to_uwv
-from tokendyn.meanfield.particle_limit import (
+from tokendyn.engine.observables import wasserstein
+from tokendyn.studies.paper_setups import experiments, init_grid, rank_systems, to_uwv
+from tokendyn.studies.particle_limit import (
     LIMIT_VARIANTS,
     conditional_w2,
     limit_field,
     uniform_ball,
 )
-from tokendyn.meanfield.particles_vs_closure import coupling_experiment, fit_slope, flow_map
-from tokendyn.observables import wasserstein
+from tokendyn.studies.particles_vs_closure import coupling_experiment, fit_slope, flow_map
+from tokendyn.theory import make_closure, solve_closure
 
 EXP = {e.key: e for e in experiments()}
 
@@ -76,7 +76,7 @@ def test_e2_line_and_e3_plane_limits():
 
 def test_e3_particles_with_an_empty_head_match_the_closure():
     """E3's second head has no rows (A₂ = 0, uniform attention): particles vs closure by MC."""
-    from tokendyn.meanfield.particles_vs_closure import mc_moment_rates
+    from tokendyn.studies.particles_vs_closure import mc_moment_rates
 
     e = EXP["E3"]
     c = make_closure("multihead", e.Q, e.K, e.V, 1.0, heads=2, scaling="authors")
@@ -209,8 +209,8 @@ def test_cli_bad_configs(tmp_path, edit, pattern):
 
 @pytest.mark.slow
 def test_report_section_quick(tmp_path, monkeypatch):
-    from tokendyn import report
-    from tokendyn.experiments.transformer_pde import run
+    from tokendyn.studies import report
+    from tokendyn.studies.transformer_pde import run
 
     monkeypatch.setattr(report, "SECTIONS", {"transformer_pde": run})
     summary = report.write_report(tmp_path, quick=True, only=["transformer_pde"])

@@ -1,5 +1,5 @@
 """`python -m tokendyn …`, e.g. under `torchrun --nproc-per-node K -m -- tokendyn simulate …`."""
 
-from .cli import app
+from tokendyn.cli import app
 
 app()

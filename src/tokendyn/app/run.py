@@ -1,0 +1,143 @@
+"""Run a configured simulation end to end: build, integrate, store incrementally, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import xarray as xr
+
+from tokendyn._version import __version__
+from tokendyn.app.build import DTYPES, build, resolve_device
+from tokendyn.app.config import SimulationConfig
+from tokendyn.app.simulate import simulate
+from tokendyn.app.store import (
+    ZarrSink,
+    open_run,
+    prepare_new_store,
+    stored_config,
+    truncate_incomplete_frames,
+)
+from tokendyn.engine.distributed import ShardedField, process_group
+from tokendyn.engine.integrate import Statistic
+from tokendyn.engine.observables import get_observable
+from tokendyn.errors import StoreError
+
+# Fields that may differ between a stored run and its resumption.
+RESUMABLE_CHANGES = {"t_end"}
+
+
+def statistics(cfg: SimulationConfig) -> dict[str, Statistic]:
+    """The configured statistics, bound to the run's β and cluster threshold."""
+    out = {}
+    for name in cfg.stats:
+        fn = get_observable(name)
+        out[name] = lambda x, fn=fn: fn(x, beta=cfg.beta, threshold=cfg.cluster_threshold)
+    return out
+
+
+def run_simulation(
+    cfg: SimulationConfig,
+    out: str | Path | None = None,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = False,
+    distributed: bool = False,
+) -> xr.Dataset:
+    """Simulate `cfg`; with `out`, every saved frame is appended to a zarr store as it is made.
+
+    resume=True continues an interrupted store from its last saved step (its config must match,
+    t_end may grow). distributed=True (under torchrun) shards the query tokens over the process
+    group (see distributed.py). Returns the Dataset (lazy, from the store, when out is given)."""
+    if resume and out is None:
+        raise StoreError(
+            "resume: there is nothing to resume without --out. Fix: give --out PATH.zarr"
+        )
+    if not distributed:
+        return _run(cfg, out, resume, overwrite, progress, sharded=False)
+    with process_group(cfg.device):
+        return _run(cfg, out, resume, overwrite, progress, sharded=True)
+
+
+def _run(
+    cfg: SimulationConfig,
+    out: str | Path | None,
+    resume: bool,
+    overwrite: bool,
+    progress: bool,
+    sharded: bool,
+) -> xr.Dataset:
+    field, space, x0 = build(cfg)
+    lead = not sharded or dist.get_rank() == 0  # the one process that writes
+    velocity = ShardedField(field) if sharded else field
+    attrs = {"config": cfg.to_json(), "tokendyn_version": __version__, "field": velocity.describe()}
+    kwargs = dict(
+        t_end=cfg.t_end,
+        dt=cfg.dt,
+        method=cfg.method,
+        save_every=cfg.save_every,
+        stats=statistics(cfg) if lead else {},
+        progress=progress and lead,
+        attrs=attrs,
+    )
+    batched = cfg.batch > 1
+    x_start = x0 if batched else x0[0]
+    if out is None:
+        return simulate(velocity, space, x_start, **kwargs)
+    start = [_prepare_store(cfg, out, resume, overwrite) if lead else None]
+    if sharded:
+        dist.broadcast_object_list(start, src=0)  # the others wait until the store is ready
+    start_step = 0
+    if start[0] == "finished":
+        return open_run(out)
+    if start[0] == "append":
+        ds = open_run(out)
+        start_step = int(ds["step"].values[-1])
+        dtype, device = DTYPES[cfg.dtype], resolve_device(cfg.device)
+        x_start = torch.as_tensor(ds["x"].isel(time=-1).values, dtype=dtype, device=device)
+    sink = None
+    if lead:
+        sink = ZarrSink(
+            out,
+            batched=batched,
+            attrs=attrs,
+            positions=cfg.mask == "causal",
+            append=start[0] == "append",
+        )
+    simulate(velocity, space, x_start, sink=sink, start_step=start_step, keep=False, **kwargs)
+    if sharded:
+        dist.barrier()
+    return open_run(out)
+
+
+def _prepare_store(cfg: SimulationConfig, out: str | Path, resume: bool, overwrite: bool) -> str:
+    """'new' (an empty path, made ready), 'append' (resume after the last frame) or 'finished'."""
+    # A store killed before its first complete frame holds nothing to resume: start afresh.
+    if resume and Path(out).is_dir() and truncate_incomplete_frames(out) == 0:
+        overwrite = True
+    if resume and Path(out).exists() and not overwrite:
+        ds = open_run(out)
+        _check_resumable(stored_config(ds), cfg, out)
+        return "finished" if int(ds["step"].values[-1]) >= cfg.n_steps else "append"
+    prepare_new_store(out, overwrite)
+    return "new"
+
+
+def _check_resumable(stored: dict, cfg: SimulationConfig, out: str | Path) -> None:
+    current = json.loads(cfg.to_json())
+    differ = sorted(
+        k
+        for k in set(stored) | set(current)
+        if k not in RESUMABLE_CHANGES and stored.get(k) != current.get(k)
+    )
+    if differ:
+        detail = ", ".join(
+            f"{k}: stored {stored.get(k)!r} vs now {current.get(k)!r}" for k in differ
+        )
+        raise StoreError(
+            f"resume: the store at {out} was made by a different run ({detail}). "
+            "Fix: use the same settings (only t_end may change), or --overwrite"
+        )

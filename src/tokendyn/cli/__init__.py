@@ -1,0 +1,45 @@
+"""The `tokendyn` command line: a root typer app; each command group lives in its own module."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from tokendyn.cli import bench, closure, dmft, figures, icl, multiscale, reproduce, run, sweep
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="tokendyn: transformers as interacting particle systems (tokens = particles).",
+)
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            "--threads",
+            min=1,
+            help="torch threads for this command (default: torch's own; 1 for reproduce and "
+            "icl train)",
+        ),
+    ] = None,
+) -> None:
+    """The one place the command line sets torch's thread count (the library never does)."""
+    ctx.obj = {"threads": threads}
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+for _module in (run, figures, sweep, bench, reproduce, closure, dmft, icl, multiscale):
+    _module.register(app)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app(sys.argv[1:])

@@ -1,0 +1,64 @@
+"""`tokendyn bench`: throughput of every kernel backend."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+
+from tokendyn.cli._common import friendly_errors
+
+
+@friendly_errors
+def bench(
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
+    n: Annotated[list[int] | None, typer.Option("--n", help="token counts (repeatable)")] = None,
+    d: Annotated[list[int] | None, typer.Option("--d", help="dimensions (repeatable)")] = None,
+    dtype: Annotated[
+        list[str] | None, typer.Option("--dtype", help="float32/float64 (repeatable)")
+    ] = None,
+    backend: Annotated[
+        list[str] | None, typer.Option("--backend", help="dense/tiled/sdpa/naive (repeatable)")
+    ] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+    repeats: Annotated[int, typer.Option(help="timed repeats (best is kept)")] = 3,
+    large: Annotated[
+        bool, typer.Option("--large", help="also one Euler step at N=200 000, d=3")
+    ] = False,
+    sweep_points: Annotated[
+        int, typer.Option("--sweep", help="instead: sweep throughput for this many N=64 systems")
+    ] = 0,
+) -> None:
+    """Throughput of every backend: pairs/s, fraction of this machine's measured peak, memory."""
+    from tokendyn.bench.throughput import bench_large, bench_sweep, format_table, run_bench
+
+    if sweep_points:
+        for row in bench_sweep(points=sweep_points):
+            line = (
+                f"{row['points']} systems, {row['workers']} worker(s), batch={row['batch']}: "
+                f"{row['seconds']:.1f} s, {row['simulations_per_min']:.0f} simulations/min"
+            )
+            print(json.dumps(row) if as_json else line, flush=True)
+        return
+
+    kwargs: dict[str, Any] = {"device": device, "repeats": repeats}
+    for key, value in (("ns", n), ("ds", d), ("dtypes", dtype), ("backends", backend)):
+        if value:
+            kwargs[key] = tuple(value)
+    rows = []
+    for row in run_bench(**kwargs):
+        rows.append(row)
+        if as_json:
+            print(json.dumps(row), flush=True)
+    if large:
+        row = bench_large(device=device)
+        rows.append(row)
+        if as_json:
+            print(json.dumps(row), flush=True)
+    if not as_json:
+        print(format_table(rows))
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(bench)

@@ -1,0 +1,103 @@
+"""Sinkhorn (doubly-stochastic) self-attention, the continuous Sinkformer.
+
+With ε = 1/β and scores s_ij = β⟨Q x_i, K x_j⟩, the entropic plan with uniform marginals is
+P_ij = (1/N²) exp(f_i + g_j + s_ij) (potentials in units of ε), where the Schrödinger system
+
+    f_i = −log (1/N) Σ_j exp(g_j + s_ij),     g_j = −log (1/N) Σ_i exp(f_i + s_ij)
+
+is solved by log-domain Sinkhorn (warm-started from the previous call) until the row-marginal error
+max_i |N Σ_j P_ij − 1| < tol, or max_iter. The velocity is Γ(x_i) = N Σ_j P_ij V x_j, evaluated as
+the row-normalised softmax with key bias g_j (rows exact; columns within tol). Exact property:
+the mean obeys α' = Vα for any N.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+
+from tokendyn.engine.attention.base import AttentionField, Head
+from tokendyn.errors import ConfigError
+
+
+class SinkhornAttention(AttentionField):
+    """Sinkhorn (doubly stochastic) self-attention: the softmax kernel balanced by Sinkhorn
+    iterations until both marginals are uniform (module docstring)."""
+
+    variant = "sinkhorn"
+
+    def __init__(
+        self, heads: list[Head], *, tol: float = 1e-9, max_iter: int = 1000, **kwargs
+    ) -> None:
+        if kwargs.get("mask") is not None:
+            raise ConfigError(
+                "mask",
+                "Sinkhorn attention has no masked form",
+                "use --mask none with --attention sinkhorn",
+            )
+        if kwargs.get("normalise", "softmax") != "softmax":
+            raise ConfigError(
+                "normalise",
+                "Sinkhorn attention is normalised by its marginals",
+                "use --normalise softmax with --attention sinkhorn",
+            )
+        if not (tol > 0):
+            raise ConfigError("sinkhorn_tol", f"is {tol}, it must be > 0", "use e.g. 1e-9")
+        if max_iter < 1:
+            raise ConfigError(
+                "sinkhorn_max_iter", f"is {max_iter}, it must be ≥ 1", "use e.g. 1000"
+            )
+        super().__init__(heads, **kwargs)
+        self.tol, self.max_iter = tol, max_iter
+        self._g: dict[int, torch.Tensor] = {}
+        self.last_iterations = 0
+        self.last_error = 0.0
+
+    def potentials(
+        self, index: int, head: Head, x: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(q, k, f, g) at convergence for one head; q = β x Qᵀ, k = x Kᵀ."""
+        n = x.shape[1]
+        log_n = math.log(n)
+        q = head.scale(x) * (x @ head.Q.T)
+        k = x @ head.K.T
+        g = self._g.get(index)
+        if g is None or g.shape != x.shape[:2] or g.dtype != x.dtype or g.device != x.device:
+            g = torch.zeros(x.shape[:2], dtype=x.dtype, device=x.device)
+        f = None
+        error = math.inf
+        for iteration in range(1, self.max_iter + 1):
+            self.last_iterations = iteration
+            row_lse = self.backend.logsumexp(q, k, key_bias=g)
+            if f is not None:
+                error = (torch.exp(f + row_lse - log_n) - 1).abs().max().item()
+            f = log_n - row_lse
+            if error < self.tol:
+                break
+            g = log_n - self.backend.logsumexp(k, q, key_bias=f)
+        else:
+            warnings.warn(
+                f"Sinkhorn did not reach tol={self.tol:g} in {self.max_iter} iterations "
+                f"(marginal error {error:.2e}); raise sinkhorn_max_iter or lower beta",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        self._g[index] = g
+        self.last_error = error
+        assert f is not None
+        return q, k, f, g
+
+    def head_output(self, index: int, head: Head, x: torch.Tensor, rows: slice) -> torch.Tensor:
+        """The potentials need every token; only the final reduction is restricted to `rows`."""
+        q, k, _, g = self.potentials(index, head, x)
+        return self.backend.attend(q[:, rows], k, x @ head.V.T, key_bias=g).out
+
+    def plan(self, x: torch.Tensor, head_index: int = 0) -> torch.Tensor:
+        """The dense transport plan P (B, N, N) for small clouds (rows and columns sum to 1/N)."""
+        xb = x if x.dim() == 3 else x.unsqueeze(0)
+        head = self.heads[head_index]
+        q, k, f, g = self.potentials(head_index, head, xb)
+        n = xb.shape[1]
+        return torch.exp(f[:, :, None] + g[:, None, :] + q @ k.transpose(1, 2) - 2 * math.log(n))
