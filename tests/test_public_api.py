@@ -18,6 +18,15 @@ def test_every_public_name_resolves_and_is_documented(name):
         assert (value.__doc__ or "").strip(), f"td.{name} has no docstring"
 
 
+def test_public_names_are_the_objects_not_their_modules():
+    """`td.simulate` is the function even though its module is also called `simulate`."""
+    import types
+
+    modules = {n for n in td.__all__ if isinstance(getattr(td, n), types.ModuleType)}
+    assert modules == td._SUBPACKAGES
+    assert td.simulate.__module__ == "tokendyn.app.simulate"
+
+
 def test_all_and_the_lazy_table_agree():
     assert set(td.__all__) == {"__version__", *td._PUBLIC}
 

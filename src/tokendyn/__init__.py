@@ -77,6 +77,9 @@ _PUBLIC: dict[str, str] = {
     "NonFiniteStateError": "tokendyn.errors",
 }
 
+# public names that are modules themselves (the theory packages)
+_SUBPACKAGES = {"dmft", "icl", "multiscale"}
+
 __all__ = [
     "BACKENDS",
     "AttentionField",
@@ -136,7 +139,7 @@ def __getattr__(name: str) -> Any:
     module = _PUBLIC.get(name)
     if module is None:
         raise AttributeError(f"module 'tokendyn' has no attribute {name!r}")
-    if module.rpartition(".")[2] == name:  # a public subpackage or module
+    if name in _SUBPACKAGES:
         value = importlib.import_module(module)
     else:
         value = getattr(importlib.import_module(module), name)
