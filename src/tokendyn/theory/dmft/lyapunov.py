@@ -75,7 +75,7 @@ def tangent_step(core: Core, state: WindowState, tangent: Tangent, beta: np.ndar
     q, dq = m[2 * M : 3 * M], dm[2 * M : 3 * M]
     ds = sum(dq[a] * state.K[:, a, None] + q[a] * tangent.dK[:, a] for a in range(M))
     ds *= core.score  # (C, k, B)
-    dalpha = alpha[:, None] * (ds - (alpha[:, None] * ds).sum(axis=0))
+    dalpha = alpha[:, None] * sum(alpha[e, None] * (ds - ds[e]) for e in range(core.C))
     tangent.dA = sum(
         dalpha[c, None] * state.V[c, :, None] + alpha[c] * tangent.dV[c] for c in range(core.C)
     )
