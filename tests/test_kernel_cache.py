@@ -49,8 +49,18 @@ def _plant(directory: Path, marker: Path, *, forge_record: bool) -> Path:
     source.write_text(PLANT)
     target = directory / fused._library_name()
     subprocess.run(
-        ["cc", "-O0", "-fPIC", "-shared", f'-DMARKER="{marker}"', "-o", str(target)]
-        + [str(fused.SOURCE), str(source), "-lm"],
+        [
+            "cc",
+            "-O0",
+            "-fPIC",
+            "-shared",
+            f'-DMARKER="{marker}"',
+            "-o",
+            str(target),
+            str(fused.SOURCE),
+            str(source),
+            "-lm",
+        ],  # fmt: skip
         check=True,
     )
     if forge_record:
