@@ -48,21 +48,8 @@ def _plant(directory: Path, marker: Path, *, forge_record: bool) -> Path:
     source = directory / "plant.c"
     source.write_text(PLANT)
     target = directory / fused._library_name()
-    subprocess.run(
-        [
-            "cc",
-            "-O0",
-            "-fPIC",
-            "-shared",
-            f'-DMARKER="{marker}"',
-            "-o",
-            str(target),
-            str(fused.SOURCE),
-            str(source),
-            "-lm",
-        ],  # fmt: skip
-        check=True,
-    )
+    command = ["cc", "-O0", "-fPIC", "-shared", f'-DMARKER="{marker}"', "-o", str(target)]
+    subprocess.run([*command, str(fused.SOURCE), str(source), "-lm"], check=True)
     if forge_record:
         digest = hashlib.sha256(target.read_bytes()).hexdigest()
         fused._record(target).write_text(digest + "\n")
