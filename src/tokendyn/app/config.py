@@ -11,6 +11,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
+import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tokendyn.errors import ConfigError
@@ -176,11 +177,26 @@ class SimulationConfig(BaseModel):
         return json.dumps(self.model_dump(mode="json"), sort_keys=True)
 
     def to_toml(self) -> str:
-        lines = []
-        for key, value in self.model_dump(mode="json").items():
-            if value is not None:
-                lines.append(f"{key} = {json.dumps(value)}")
-        return "\n".join(lines) + "\n"
+        """The config as TOML (tomli-w); unset (None) fields are left out. A non-finite number
+        has no place in a config that `load_config` would accept, so it is refused."""
+        fields = {k: v for k, v in self.model_dump(mode="python").items() if v is not None}
+        for key, value in fields.items():
+            _refuse_non_finite(key, value)
+        return tomli_w.dumps(fields)
+
+
+def _refuse_non_finite(field: str, value: Any) -> None:
+    """ConfigError naming the first NaN/±inf in `value` (a number or nested lists/dicts)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(
+            field, f"is {value}; every number in a config must be finite", "use a finite value"
+        )
+    if isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            _refuse_non_finite(f"{field}[{i}]", item)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _refuse_non_finite(f"{field}.{key}", item)
 
 
 def make_config(**fields: Any) -> SimulationConfig:

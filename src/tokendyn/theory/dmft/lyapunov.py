@@ -4,8 +4,15 @@ steps is the M·C-dimensional manifold of the last C attention vectors, so the f
 exponents are those of the 12-dimensional window map. The tangent step, lag by lag:
 
     dμ_c = (1 − μ_c²) β Σ_a W^o_{a,c} dÂ_a,     dm^α = (1−ε) Σ_c f_c W^α_c dμ_c
-    ds_τ = (γ/√M)(dm^q·m^k_τ + m^q·dm^k_τ),     dα_τ = α_τ (ds_τ − Σ_σ α_σ ds_σ)
+    ds_τ = (γ/√M)(dm^q·m^k_τ + m^q·dm^k_τ),     dα_τ = α_τ Σ_σ α_σ (ds_τ − ds_σ)
     dÂ' = Σ_τ (dα_τ m^v_τ + α_τ dm^v_τ)
+
+dα_τ = α_τ (ds_τ − Σ_σ α_σ ds_σ) written as a sum of the other weights times differences, so a
+near-one-hot softmax (α_τ* = 1 − O(1e−20)) keeps dα_τ* = O(α_σ) instead of a rounding residue.
+Known limit: on such steps the exponents beyond the leading M = 3 are still biased towards zero
+(their per-step contraction floors near log(2.2e−16)), because the QR of the 27-dimensional
+tangent vectors is in double precision (80-digit reference: tests/test_dmft_lyapunov.py,
+docs/dmft.md).
 
 Regime labels from λ1 with the spec's threshold 1e−4: λ1 < −tol periodic, |λ1| ≤ tol
 quasi-periodic, λ1 > tol chaotic.
@@ -75,7 +82,7 @@ def tangent_step(core: Core, state: WindowState, tangent: Tangent, beta: np.ndar
     q, dq = m[2 * M : 3 * M], dm[2 * M : 3 * M]
     ds = sum(dq[a] * state.K[:, a, None] + q[a] * tangent.dK[:, a] for a in range(M))
     ds *= core.score  # (C, k, B)
-    dalpha = alpha[:, None] * (ds - (alpha[:, None] * ds).sum(axis=0))
+    dalpha = alpha[:, None] * sum(alpha[e, None] * (ds - ds[e]) for e in range(core.C))
     tangent.dA = sum(
         dalpha[c, None] * state.V[c, :, None] + alpha[c] * tangent.dV[c] for c in range(core.C)
     )
