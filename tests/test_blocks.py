@@ -403,3 +403,120 @@ def test_one_line_errors():
         Block(LayerSchedule([Layer(PositionalAttention(heads, kv_heads=G))]), norm="deep-ln")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="^W3: "):
         MLP(p["Wq"].T @ p["Wq"], p["Wq"].T @ p["Wq"], "swiglu")
+
+
+# ---- configs, TOML [[layers]], CLI ----
+
+LAYERS_TOML = """
+norm = "none"
+space = "euclidean"
+d = 3
+n = 6
+t_end = 1.5
+dt = 0.1
+layer_time = 0.5
+method = "euler"
+stats = []
+[[layers]]
+Q = [[0, 0, 0]]
+K = [[0, 0, 0]]
+V = [[0.5, 0, 0], [0, 0.5, 0], [0, 0, 0.5]]
+[[layers]]
+Q = [[0, 0, 0]]
+K = [[0, 0, 0]]
+V = [[-0.3, 0, 0], [0, -0.3, 0], [0, 0, -0.3]]
+"""
+
+
+def test_toml_layers_act_on_their_intervals(tmp_path):
+    """The end-to-end form of test_layer_l_acts_exactly_on_its_interval: layers c = (0.5, −0.3)
+    from [[layers]] tables over t ∈ [0, 1.5) (the stack, then layer 0): x̄ × Π (1 + 0.1 c)^5."""
+    from tokendyn.app.config import load_config
+    from tokendyn.app.run import run_simulation
+
+    path = tmp_path / "layers.toml"
+    path.write_text(LAYERS_TOML)
+    cfg = load_config(path)
+    ds = run_simulation(cfg, None, progress=False)
+    x = torch.as_tensor(ds["x"].values)
+    factor = (1 + 0.05) ** 5 * (1 - 0.03) ** 5 * (1 + 0.05) ** 5
+    assert (x[-1].mean(0) - factor * x[0].mean(0)).abs().max().item() < 1e-13
+    assert load_config(path).to_toml() == cfg.to_toml()
+    (tmp_path / "again.toml").write_text(cfg.to_toml())
+    assert load_config(tmp_path / "again.toml") == cfg
+
+
+def test_default_config_builds_todays_field():
+    from tokendyn.app.build import make_field
+    from tokendyn.app.config import make_config
+
+    assert isinstance(make_field(make_config()), SoftmaxAttention)
+    block = make_field(
+        make_config(
+            norm="pre-ln", mlp="swiglu", positions="rope", heads=2, d=4, kv_heads=1, qkv="goe"
+        )
+    )
+    assert isinstance(block, Block) and block.space == "euclidean"
+
+
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        (["--norm", "pre-ln", "--space", "sphere"], "space"),
+        (["--norm", "sphere", "--space", "euclidean"], "norm"),
+        (["--heads", "3", "--d", "6", "--kv-heads", "2"], "kv_heads"),
+        (["--positions", "rope", "--d", "3"], "positions"),
+        (["--resample-every", "0.5", "--qkv", "identity"], "resample_every"),
+        (["--resample-every", "0.3", "--qkv", "goe"], "dt"),
+        (["--mlp", "gelu", "--attention", "l2"], "attention"),
+        (["--mlp-width", "0", "--mlp", "gelu"], "mlp_width"),
+        (["--layer-time", "-1"], "layer_time"),
+        (["--norm", "deep"], "norm"),
+    ],
+)
+def test_block_flags_give_one_line_errors(args, field):
+    from typer.testing import CliRunner
+
+    from tokendyn.cli import app
+
+    result = CliRunner().invoke(app, ["simulate", "--n", "8", "--t-end", "1", "--dt", "0.5", *args])
+    assert result.exit_code == 2, result.output
+    assert field in result.output and "Traceback" not in result.output
+
+
+def test_layer_table_errors_name_the_table(tmp_path):
+    from tokendyn.app.build import build
+    from tokendyn.app.config import load_config
+
+    path = tmp_path / "bad.toml"
+    path.write_text(
+        LAYERS_TOML.replace(
+            "V = [[-0.3, 0, 0], [0, -0.3, 0], [0, 0, -0.3]]", "V = [[1, 0], [0, 1]]"
+        )
+    )
+    with pytest.raises(ConfigError, match=r"^layers\[1\]\.[QKV]: "):
+        build(load_config(path))
+
+
+def test_block_figures(tmp_path):
+    from tokendyn.app.build import make_field
+    from tokendyn.app.config import make_config
+    from tokendyn.viz.blocks import retrieval_figure, schemes_figure
+
+    cfg = make_config(
+        n=8,
+        d=4,
+        heads=2,
+        mlp="gelu",
+        positions="alibi",
+        mask="causal",
+        t_end=1,
+        dt=0.5,
+        qkv="random",
+        norm="pre-ln",
+    )
+    fig = schemes_figure(cfg, path=tmp_path / "schemes.png")
+    assert len(fig.axes) == 6 and (tmp_path / "schemes.png").stat().st_size > 0
+    x = torch.randn(1, 8, 4, generator=gen(0), dtype=torch.float64)
+    fig = retrieval_figure(make_field(cfg), x, path=tmp_path / "retrieval.png")
+    assert len(fig.axes[0].lines) == 2
