@@ -4,8 +4,19 @@ from __future__ import annotations
 
 import torch
 
-from tokendyn.app.config import SimulationConfig
+from tokendyn.app.config import LayerTable, SimulationConfig
 from tokendyn.engine.attention import VARIANTS, AttentionField, Head, as_matrix, split_heads
+from tokendyn.engine.blocks import (
+    MLP,
+    Block,
+    Layer,
+    LayerSchedule,
+    PositionalAttention,
+    ResampledSchedule,
+    draw_qkv,
+    heads_from_projections,
+    random_mlp,
+)
 from tokendyn.engine.initial import wrapped_normal_mixture
 from tokendyn.engine.space import Space, get_space
 from tokendyn.errors import ConfigError
@@ -22,12 +33,9 @@ def resolve_device(name: str) -> torch.device:
 def make_matrices(
     cfg: SimulationConfig, gen: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Q, K, V (float64): explicit ones from the config, else identity or N(0, 1/d) entries."""
-    d = cfg.d
-    if cfg.qkv == "random":
-        drawn = [torch.randn(d, d, generator=gen, dtype=torch.float64) / d**0.5 for _ in range(3)]
-    else:
-        drawn = [torch.eye(d, dtype=torch.float64) for _ in range(3)]
+    """Q, K, V (float64): explicit ones from the config, else drawn from the qkv ensemble
+    (tokendyn.engine.blocks.ensembles)."""
+    drawn = draw_qkv(cfg.qkv, cfg.d, gen)
     Q, K, V = (
         drawn[i] if getattr(cfg, name) is None else as_matrix(getattr(cfg, name), name)
         for i, name in enumerate("QKV")
@@ -35,8 +43,10 @@ def make_matrices(
     return Q, K, V
 
 
-def make_field(cfg: SimulationConfig, gen: torch.Generator | None = None) -> AttentionField:
+def make_field(cfg: SimulationConfig, gen: torch.Generator | None = None) -> AttentionField | Block:
     gen = gen if gen is not None else torch.Generator().manual_seed(cfg.seed)
+    if cfg.uses_blocks:
+        return make_block(cfg, gen)
     Q, K, V = make_matrices(cfg, gen)
     if cfg.heads == 1:
         heads = [Head(Q, K, V, cfg.beta)]
@@ -71,7 +81,7 @@ def make_space(cfg: SimulationConfig) -> Space:
     return get_space("euclidean", cfg.d, mean=cfg.init_mean, cov=cfg.init_cov)
 
 
-def build(cfg: SimulationConfig) -> tuple[AttentionField, Space, torch.Tensor]:
+def build(cfg: SimulationConfig) -> tuple[AttentionField | Block, Space, torch.Tensor]:
     """(field, space, x0) with x0 of shape (batch, n, d) on cfg.device in cfg.dtype.
 
     One generator seeded with cfg.seed draws the random Q, K, V first, then the cloud, in float64
@@ -87,3 +97,93 @@ def build(cfg: SimulationConfig) -> tuple[AttentionField, Space, torch.Tensor]:
     else:
         x0 = space.sample(cfg.batch, cfg.n, cfg.d, gen, torch.float64)
     return field, space, x0.to(DTYPES[cfg.dtype]).to(resolve_device(cfg.device))
+
+
+def _block_heads(
+    cfg: SimulationConfig,
+    Q: torch.Tensor | list[torch.Tensor],
+    K: torch.Tensor | list[torch.Tensor],
+    V: torch.Tensor | list[torch.Tensor],
+    W: torch.Tensor | list[torch.Tensor] | None,
+) -> list[Head]:
+    """Heads from fused matrices (split into H query and G key/value blocks, W = I: the block
+    selectors of split_heads) or from per-head lists (Q, W: H entries; K, V: G entries)."""
+    H, G = cfg.heads, cfg.kv_heads or cfg.heads
+    if isinstance(Q, list):
+        for name, value, count in (("Q", Q, H), ("K", K, G), ("V", V, G), ("W", W, H)):
+            if value is not None and (not isinstance(value, list) or len(value) != count):
+                raise ConfigError(
+                    name, f"needs a list of {count} per-head matrices", "give one per head"
+                )
+        assert isinstance(K, list) and isinstance(V, list)
+        Ws = W if isinstance(W, list) else [None] * H
+        return [Head(Q[h], K[h * G // H], V[h * G // H], cfg.beta, Ws[h]) for h in range(H)]
+    assert not isinstance(K, list) and not isinstance(V, list) and not isinstance(W, list)
+    if W is None and H == 1:
+        return [Head(Q, K, V, cfg.beta)]
+    if W is None and G == H:
+        return split_heads(Q, K, V, H, cfg.beta)
+    if W is None:  # grouped: the first G key/value blocks of d/H rows, identity output
+        rows = G * (cfg.d // H)
+        K, V, W = K[:rows], V[:rows], torch.eye(cfg.d, dtype=torch.float64)
+    return heads_from_projections(Q, K, V, W, H, G, cfg.beta)
+
+
+def _table_layer(cfg: SimulationConfig, table: LayerTable, gen: torch.Generator) -> Layer:
+    def read(name: str) -> torch.Tensor | list[torch.Tensor] | None:
+        value = getattr(table, name)
+        if value is None or not value or not isinstance(value[0][0], list):
+            return None if value is None else as_matrix(value, name)
+        return [as_matrix(m, name) for m in value]
+
+    Q, K, V, W = (read(name) for name in "QKVW")
+    assert Q is not None and K is not None and V is not None
+    mlp = None
+    if cfg.mlp != "none" and table.W1 is not None:
+        W1, W2 = as_matrix(table.W1, "W1"), as_matrix(table.W2 or [[]], "W2")
+        W3 = None if table.W3 is None else as_matrix(table.W3, "W3")
+        mlp = MLP(W1, W2, cfg.mlp, W3)  # type: ignore[arg-type]
+    elif cfg.mlp != "none":
+        mlp = random_mlp(cfg.d, cfg.mlp_width or 4 * cfg.d, cfg.mlp, gen)  # type: ignore[arg-type]
+    return Layer(_block_attention(cfg, _block_heads(cfg, Q, K, V, W)), mlp)
+
+
+def _block_attention(cfg: SimulationConfig, heads: list[Head]) -> PositionalAttention:
+    return PositionalAttention(
+        heads,
+        positions=cfg.positions,
+        kv_heads=cfg.kv_heads,
+        mask=None if cfg.mask == "none" else cfg.mask,
+        backend=cfg.backend,
+    )
+
+
+def _drawn_layer(cfg: SimulationConfig, gen: torch.Generator) -> Layer:
+    """Q, K, V from the config (explicit or the qkv ensemble), then the MLP from the ensemble."""
+    Q, K, V = make_matrices(cfg, gen)
+    mlp = None
+    if cfg.mlp != "none":
+        mlp = random_mlp(cfg.d, cfg.mlp_width or 4 * cfg.d, cfg.mlp, gen)  # type: ignore[arg-type]
+    return Layer(_block_attention(cfg, _block_heads(cfg, Q, K, V, None)), mlp)
+
+
+def make_block(cfg: SimulationConfig, gen: torch.Generator) -> Block:
+    """The whole-block field of a config (docs/blocks.md): `[[layers]]` tables (layer l on
+    [l·τ, (l+1)·τ)), an ensemble redrawn every `resample_every` (seeded by (seed, interval)), or
+    one layer from Q, K, V / qkv repeated (shared weights); errors in a table name `layers[i]`."""
+    schedule: LayerSchedule | ResampledSchedule
+    if cfg.resample_every is not None:
+        schedule = ResampledSchedule(lambda g: _drawn_layer(cfg, g), cfg.resample_every, cfg.seed)
+    elif cfg.layers is not None:
+        layers = []
+        for i, table in enumerate(cfg.layers):
+            try:
+                layers.append(_table_layer(cfg, table, gen))
+            except ConfigError as err:
+                problem, _, fix = str(err).partition(": ")[2].rpartition(". Fix: ")
+                raise ConfigError(f"layers[{i}].{err.field}", problem, fix) from None
+        schedule = LayerSchedule(layers, cfg.layer_time)
+    else:
+        schedule = LayerSchedule([_drawn_layer(cfg, gen)], cfg.layer_time)
+    block = Block(schedule, norm=cfg.resolved_norm, norm_type=cfg.norm_type)  # type: ignore[arg-type]
+    return block.to(DTYPES[cfg.dtype], resolve_device(cfg.device))

@@ -19,6 +19,21 @@ from tokendyn.errors import ConfigError
 Matrix = list[list[float]]
 
 
+class LayerTable(BaseModel):
+    """One `[[layers]]` table: the weights of one block (one matrix = one head, or a list of
+    per-head matrices; W optional per head; W1, W2 (W3 for swiglu) the MLP, else drawn)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    Q: Matrix | list[Matrix] = Field(description="query matrix (k×d) or per-head list")
+    K: Matrix | list[Matrix] = Field(description="key matrix (k×d) or per-head list")
+    V: Matrix | list[Matrix] = Field(description="value matrix (m×d) or per-head list")
+    W: Matrix | list[Matrix] | None = Field(None, description="output map (d×m) or per-head list")
+    W1: Matrix | None = Field(None, description="MLP input weights (w×d)")
+    W2: Matrix | None = Field(None, description="MLP output weights (d×w)")
+    W3: Matrix | None = Field(None, description="SwiGLU gate weights (w×d)")
+
+
 class SimulationConfig(BaseModel):
     """One particle simulation: tokens under self-attention, integrated from t=0 to t_end."""
 
@@ -39,8 +54,10 @@ class SimulationConfig(BaseModel):
     d: int = Field(3, ge=1, description="token dimension d ≥ 1 (≥ 2 on the sphere)")
     batch: int = Field(1, ge=1, description="number of independent clouds B simulated together")
     beta: float = Field(1.0, gt=0, description="inverse temperature β > 0")
-    qkv: Literal["identity", "random"] = Field(
-        "identity", description="Q=K=V=I, or random Gaussian matrices with entries N(0, 1/d)"
+    qkv: Literal["identity", "random", "goe", "goe-v", "goe-minus-v", "orthogonal-v"] = Field(
+        "identity",
+        description="Q=K=V=I; random: N(0, 1/d) entries; goe: QᵀK GOE (off-diagonal variance "
+        "1/d), V=I; goe-v / goe-minus-v: V = ±QᵀK; orthogonal-v: Q=K=I, V Haar-orthogonal",
     )
     Q: Matrix | None = Field(None, description="explicit query matrix (k×d); overrides qkv")
     K: Matrix | None = Field(None, description="explicit key matrix (k×d); overrides qkv")
@@ -85,6 +102,91 @@ class SimulationConfig(BaseModel):
     cluster_threshold: float = Field(
         1e-2, gt=0, description="distance below which tokens are one cluster"
     )
+    norm: Literal["none", "sphere", "pre-ln", "post-ln", "peri-ln", "ngpt"] | None = Field(
+        None,
+        description="whole-block normalisation scheme (docs/blocks.md); unset: today's "
+        "attention-only field",
+    )
+    norm_type: Literal["layernorm", "rmsnorm"] = Field(
+        "layernorm", description="the block norms: layernorm or rmsnorm"
+    )
+    layers: list[LayerTable] | None = Field(
+        None, description="[[layers]] tables, layer l acting on [l·τ, (l+1)·τ) (the stack repeats)"
+    )
+    layer_time: float = Field(1.0, gt=0, description="time τ each layer acts for (> 0)")
+    resample_every: float | None = Field(
+        None, gt=0, description="redraw the qkv/MLP ensemble every T time units (> 0)"
+    )
+    mlp: Literal["none", "gelu", "relu", "swiglu"] = Field(
+        "none", description="feed-forward term: none, gelu, relu or swiglu"
+    )
+    mlp_width: int | None = Field(None, ge=1, description="MLP hidden width (default 4·d)")
+    positions: Literal["none", "alibi", "rope"] = Field(
+        "none", description="positional structure: none, alibi or rope"
+    )
+    kv_heads: int | None = Field(
+        None, ge=1, description="key/value heads G dividing heads (grouped-query attention)"
+    )
+
+    @property
+    def uses_blocks(self) -> bool:
+        """Whether the run is a whole-block field (any block field set)."""
+        return (
+            self.norm is not None
+            or self.layers is not None
+            or self.resample_every is not None
+            or self.mlp != "none"
+            or self.positions != "none"
+            or self.kv_heads is not None
+        )
+
+    @property
+    def resolved_norm(self) -> str:
+        """The block scheme: `norm`, else sphere on the sphere and none in R^d."""
+        return self.norm or ("sphere" if self.space == "sphere" else "none")
+
+    @model_validator(mode="after")
+    def _blocks(self) -> SimulationConfig:
+        if not self.uses_blocks:
+            return self
+        if self.norm not in (None, "sphere") and self.space == "sphere":
+            if "space" in self.model_fields_set:
+                raise ValueError(
+                    f"space: norm = '{self.norm}' lives in R^d; use space = 'euclidean'"
+                )
+            object.__setattr__(self, "space", "euclidean")
+        if self.norm == "sphere" and self.space != "sphere":
+            raise ValueError("norm: 'sphere' lives on the sphere; use space = 'sphere'")
+        if self.attention != "softmax":
+            raise ValueError("attention: blocks use softmax attention; use attention = 'softmax'")
+        if self.layers is not None and self.resample_every is not None:
+            raise ValueError("resample_every: layers are given explicitly; drop one of the two")
+        if self.resample_every is not None and (
+            self.qkv == "identity" or None not in (self.Q, self.K, self.V)
+        ):
+            raise ValueError(
+                "resample_every: redraws a random ensemble; set qkv to random, goe, goe-v, "
+                "goe-minus-v or orthogonal-v"
+            )
+        if self.kv_heads is not None and self.heads % self.kv_heads:
+            raise ValueError(
+                f"kv_heads: {self.kv_heads} does not divide heads = {self.heads}; "
+                "choose kv_heads dividing heads"
+            )
+        if self.positions == "rope" and self.layers is None and (self.d // self.heads) % 2:
+            raise ValueError(
+                f"positions: RoPE needs an even head dimension, d/heads = {self.d // self.heads}; "
+                "choose d and heads with d/heads even"
+            )
+        piece = self.resample_every or (
+            self.layer_time if self.layers is not None and len(self.layers) > 1 else None
+        )
+        if piece is not None and abs(piece / self.dt - round(piece / self.dt)) > 1e-9 * max(
+            1.0, piece / self.dt
+        ):
+            field = "resample_every" if self.resample_every else "layer_time"
+            raise ValueError(f"dt: dt={self.dt} does not divide {field}={piece}; choose dt = τ/k")
+        return self
 
     @model_validator(mode="after")
     def _beta_from_law(self) -> SimulationConfig:
@@ -179,10 +281,19 @@ class SimulationConfig(BaseModel):
     def to_toml(self) -> str:
         """The config as TOML (tomli-w); unset (None) fields are left out. A non-finite number
         has no place in a config that `load_config` would accept, so it is refused."""
-        fields = {k: v for k, v in self.model_dump(mode="python").items() if v is not None}
+        fields = _without_none(self.model_dump(mode="python"))
         for key, value in fields.items():
             _refuse_non_finite(key, value)
         return tomli_w.dumps(fields)
+
+
+def _without_none(value: Any) -> Any:
+    """`value` with every None (an unset field, also inside [[layers]] tables) left out."""
+    if isinstance(value, dict):
+        return {k: _without_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_none(v) for v in value]
+    return value
 
 
 def _refuse_non_finite(field: str, value: Any) -> None:

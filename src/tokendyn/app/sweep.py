@@ -116,9 +116,11 @@ class Sweep:
 
     def batchable(self) -> set[str]:
         """Grid fields that can vary inside one batched computation: β always, the seed when it
-        draws only the cloud (Q = K = V = I or explicit matrices)."""
+        draws only the cloud (Q = K = V = I or explicit matrices); nothing for block fields."""
         ref = self.reference
-        seed_draws_matrices = ref.qkv == "random" and None in (ref.Q, ref.K, ref.V)
+        if ref.uses_blocks:
+            return set()
+        seed_draws_matrices = ref.qkv != "identity" and None in (ref.Q, ref.K, ref.V)
         return {"beta"} | (set() if seed_draws_matrices else {"seed"})
 
     def groups(self, indices: list[int], batch: bool, max_batch: int) -> list[list[int]]:

@@ -17,12 +17,16 @@ Attention = choices("softmax", "l2", "sinkhorn", "sigmoid")
 MaskChoice = choices("none", "causal")
 Normalise = choices("softmax", "n")
 SpaceChoice = choices("sphere", "euclidean")
-Qkv = choices("identity", "random")
+Qkv = choices("identity", "random", "goe", "goe-v", "goe-minus-v", "orthogonal-v")
 Method = choices("euler", "heun", "rk4")
 Dtype = choices("float64", "float32")
 Device = choices("cpu", "cuda")
 Init = choices("uniform", "wrapped-normal", "mixture")
 BackendChoice = choices("auto", "dense", "tiled", "sdpa")
+NormChoice = choices("none", "sphere", "pre-ln", "post-ln", "peri-ln", "ngpt")
+NormType = choices("layernorm", "rmsnorm")
+MlpChoice = choices("none", "gelu", "relu", "swiglu")
+PositionsChoice = choices("none", "alibi", "rope")
 
 
 @friendly_errors
@@ -39,7 +43,9 @@ def simulate(
     n: Annotated[int | None, typer.Option("--n", help="number of tokens N")] = None,
     d: Annotated[int | None, typer.Option("--d", help="token dimension d")] = None,
     beta: Annotated[float | None, typer.Option(help="inverse temperature β > 0")] = None,
-    qkv: Annotated[Qkv | None, typer.Option(help="identity or random Q, K, V")] = None,
+    qkv: Annotated[
+        Qkv | None, typer.Option(help="Q, K, V: identity or an ensemble (docs/blocks.md)")
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="random seed")] = None,
     t_end: Annotated[float | None, typer.Option("--t-end", help="final time")] = None,
     dt: Annotated[float | None, typer.Option(help="time step")] = None,
@@ -63,6 +69,28 @@ def simulate(
     ] = None,
     init_std: Annotated[
         float | None, typer.Option("--init-std", help="wrapped-normal standard deviation σ₀")
+    ] = None,
+    norm: Annotated[
+        NormChoice | None, typer.Option(help="whole-block normalisation scheme (docs/blocks.md)")
+    ] = None,
+    norm_type: Annotated[
+        NormType | None, typer.Option("--norm-type", help="block norms: layernorm or rmsnorm")
+    ] = None,
+    mlp: Annotated[MlpChoice | None, typer.Option(help="feed-forward term in each block")] = None,
+    mlp_width: Annotated[
+        int | None, typer.Option("--mlp-width", help="MLP hidden width (default 4·d)")
+    ] = None,
+    positions: Annotated[
+        PositionsChoice | None, typer.Option(help="positional structure: none, alibi, rope")
+    ] = None,
+    kv_heads: Annotated[
+        int | None, typer.Option("--kv-heads", help="key/value heads (grouped-query attention)")
+    ] = None,
+    layer_time: Annotated[
+        float | None, typer.Option("--layer-time", help="time τ each [[layers]] table acts")
+    ] = None,
+    resample_every: Annotated[
+        float | None, typer.Option("--resample-every", help="redraw the ensemble every T")
     ] = None,
     config: Annotated[
         Path | None, typer.Option("--config", help="TOML file with the same fields")
@@ -111,6 +139,14 @@ def simulate(
             "init_centers": parse_numbers("init_centers", init_centers),
             "init_weights": parse_numbers("init_weights", init_weights),
             "init_std": init_std,
+            "norm": norm,
+            "norm_type": norm_type,
+            "mlp": mlp,
+            "mlp_width": mlp_width,
+            "positions": positions,
+            "kv_heads": kv_heads,
+            "layer_time": layer_time,
+            "resample_every": resample_every,
         }.items()
         if v is not None
     }

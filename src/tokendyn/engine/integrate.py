@@ -4,7 +4,10 @@ Schemes (one residual layer = one step of size dt):
     euler:  x ← x + dt·F(x)                                   (a residual network)
     heun:   x ← x + dt/2·(F(x) + F(x + dt·F(x)))
     rk4:    classical 4-stage Runge–Kutta
-where F(x) = P_x Γ(x) is the tangent-projected velocity. Stages are evaluated on the ambient ODE,
+where F(x) = P_x Γ(x) is the tangent-projected velocity. A field with a `layer_time` attribute
+that is not None (a block whose weights are piecewise constant on [lτ, (l+1)τ)) is called as
+Γ(x, t_n) with the step's start time t_n in every stage; dt must divide τ, so steps land on the
+layer boundaries and never straddle one. Stages are evaluated on the ambient ODE,
 whose exact flow keeps |x_i| = 1 on the sphere; the state is retracted (normalised) after every
 step, so the scheme keeps its order. Saving and progress are callbacks: `on_save(frame)` receives
 every saved frame as it is made, `on_step(n)` is told of every step taken. The loop knows no store,
@@ -111,8 +114,17 @@ def integrate(
     step_fn = METHODS[method]
     stats = dict(stats or {})
 
-    def velocity(y: torch.Tensor) -> torch.Tensor:
-        return space.project(y, field_fn(y))
+    layer_time = getattr(field_fn, "layer_time", None)
+    if layer_time is not None and abs(layer_time / dt - round(layer_time / dt)) > 1e-9 * max(
+        1.0, layer_time / dt
+    ):
+        raise ConfigError(
+            "dt", f"dt={dt} does not divide the layer time {layer_time}", "choose dt = τ/k"
+        )
+
+    def velocity(y: torch.Tensor, t: float) -> torch.Tensor:
+        v = field_fn(y) if layer_time is None else field_fn(y, t)  # type: ignore[call-arg]
+        return space.project(y, v)
 
     saved_until: float | None = None
 
@@ -131,7 +143,8 @@ def integrate(
     if start_step == 0:
         save(0)
     for step in range(start_step + 1, n_steps + 1):
-        x = space.retract(step_fn(velocity, x, dt))
+        t_n = (step - 1) * dt
+        x = space.retract(step_fn(lambda y, t_n=t_n: velocity(y, t_n), x, dt))
         if not torch.isfinite(x).all():
             raise NonFiniteStateError(step, step * dt, saved_until)
         if step % save_every == 0 or step == n_steps:
