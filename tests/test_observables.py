@@ -11,6 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tokendyn.engine import observables as obs
+from tokendyn.engine.attention import Head, split_heads
+from tokendyn.engine.observables import clusters as obs_clusters
 from tokendyn.errors import ConfigError
 
 
@@ -132,9 +134,9 @@ def test_leader_and_dense_labels_agree(n, d, k, log_spread, log_threshold, seed)
         x = centres[rng.integers(0, k, n)] + 10**log_spread * rng.normal(size=(n, d))
     for threshold in 10**log_threshold * np.array([0.5, 1.0, 2.0]):
         dense = obs.cluster_labels(torch.from_numpy(x), threshold, dense_max=obs.DENSE_CLUSTER_MAX)
-        leader = obs._leader_labels(x, threshold)
+        leader = obs_clusters._leader_labels(x, threshold)
         if leader is not None:
-            np.testing.assert_array_equal(obs._first_appearance_order(leader), dense)
+            np.testing.assert_array_equal(obs_clusters._first_appearance_order(leader), dense)
         above = obs.cluster_labels(torch.from_numpy(x), threshold, dense_max=0)
         np.testing.assert_array_equal(above, dense)
 
@@ -144,10 +146,10 @@ def test_leader_algorithm_takes_tight_high_dimensional_clusters() -> None:
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(5, 64))
     x = centres[np.arange(8000) % 5] + 1e-3 * rng.normal(size=(8000, 64))
-    labels = obs._leader_labels(x, 0.05)
+    labels = obs_clusters._leader_labels(x, 0.05)
     assert labels is not None
-    np.testing.assert_array_equal(obs._first_appearance_order(labels), np.arange(8000) % 5)
-    assert obs._leader_labels(rng.normal(size=(2000, 64)), 0.05) is None  # spread out
+    np.testing.assert_array_equal(obs_clusters._first_appearance_order(labels), np.arange(8000) % 5)
+    assert obs_clusters._leader_labels(rng.normal(size=(2000, 64)), 0.05) is None  # spread out
 
 
 @pytest.mark.parametrize("d", [2, 3, 5])
@@ -234,6 +236,82 @@ def test_log_energy_has_no_overflow_at_large_beta() -> None:
 def test_energy_rejects_non_positive_beta(beta: float) -> None:
     with pytest.raises(ConfigError, match="beta"):
         obs.interaction_energy(sphere_cloud(5, 2), beta)
+
+
+def direct_head_energy(x: torch.Tensor, heads: list[Head]) -> float:
+    """Σ_h (1/(2β_h N²)) Σ_ij exp(β_h⟨Q_h x_i, K_h x_j⟩) by the dense float64 double sum."""
+    x = x.double()
+    n = x.shape[0]
+    total = 0.0
+    for h in heads:
+        scores = float(h.beta) * (x @ h.Q.double().T) @ (x @ h.K.double().T).T
+        total += float(torch.exp(scores).sum()) / (2 * float(h.beta) * n * n)
+    return total
+
+
+@pytest.mark.parametrize("backend", ["dense", "tiled", "auto"])
+def test_identity_head_energy_is_the_interaction_energy_to_the_last_bit(backend: str) -> None:
+    """One head with Q = K = I: the statistic a run stores is bit for bit the old E_β."""
+    x = sphere_cloud(300, 3, batch=2, seed=7)
+    eye = torch.eye(3, dtype=torch.float64)
+    for beta in (2.0, torch.tensor([1.0, 5.0], dtype=torch.float64)):
+        log_e = obs.log_attention_energy(x, [Head(eye, eye, eye, beta)], backend)
+        assert torch.equal(log_e, obs.log_interaction_energy(x, beta, backend))
+        assert torch.equal(torch.exp(log_e), obs.interaction_energy(x, beta, backend))
+
+
+@pytest.mark.parametrize("backend", ["dense", "tiled"])
+def test_head_energy_uses_each_heads_q_k_and_beta(backend: str) -> None:
+    """Random Q, K split over 3 heads (and one head with its own β): the direct double sum."""
+    g = torch.Generator().manual_seed(2)
+    d = 6
+    Q, K, V = (torch.randn(d, d, dtype=torch.float64, generator=g) / d**0.5 for _ in range(3))
+    heads = split_heads(Q, K, V, 3, 2.5)
+    heads[1] = Head(heads[1].Q, heads[1].K, heads[1].V, 0.7, heads[1].W)
+    x = sphere_cloud(90, d, seed=8)
+    got = float(obs.log_attention_energy(x, heads, backend))
+    assert got == pytest.approx(math.log(direct_head_energy(x, heads)), abs=1e-13)
+    # and it is not the Q = K = I energy the registry used to store for this run
+    assert abs(got - float(obs.log_interaction_energy(x, 2.5))) > 1e-3
+
+
+def test_head_energy_per_cloud_beta_equals_separate_clouds() -> None:
+    x = sphere_cloud(50, 3, batch=3, seed=9)
+    g = torch.Generator().manual_seed(3)
+    Q, K = (torch.randn(3, 3, dtype=torch.float64, generator=g) for _ in range(2))
+    betas = torch.tensor([0.5, 2.0, 8.0], dtype=torch.float64)
+    batched = obs.log_attention_energy(x, [Head(Q, K, Q, betas)])
+    for b in range(3):
+        alone = obs.log_attention_energy(x[b], [Head(Q, K, Q, float(betas[b]))])
+        assert float(batched[b]) == pytest.approx(float(alone), abs=1e-14)
+
+
+def test_pair_logsumexp_with_weights_is_the_weighted_double_sum() -> None:
+    g = torch.Generator().manual_seed(4)
+    q, k = (torch.randn(2, 40, 3, dtype=torch.float64, generator=g) for _ in range(2))
+    w = torch.rand(2, 40, dtype=torch.float64, generator=g) + 0.1
+    got = obs.pair_logsumexp(q, k, log_weights=w.log())
+    want = torch.log(torch.einsum("bi,bij,bj->b", w, torch.exp(q @ k.mT), w))
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize(("dtype", "beta"), [(torch.float64, 1000.0), (torch.float32, 100.0)])
+def test_log_head_energy_finite_where_the_energy_overflows(dtype: torch.dtype, beta: float) -> None:
+    """At β = 1000 (float64) and β = 100 (float32) E overflows; log E is finite and equals a float64
+    logsumexp over the dense score matrix of the same (rounded) cloud. Tolerance: unit roundoff u
+    times the error terms — (d+1)β from each score β⟨x_i, x_j⟩, 2(N+2) from the two levels of
+    sums, 3|log E| + log(2βN²) from the logarithms and the shift."""
+    n, d = 64, 3
+    x = sphere_cloud(n, d, seed=5).to(dtype)
+    eye = torch.eye(d, dtype=dtype)
+    got = obs.log_attention_energy(x, [Head(eye, eye, eye, beta)])
+    x64 = x.double()
+    want = float(torch.logsumexp((beta * x64 @ x64.T).ravel(), 0)) - math.log(2 * beta * n * n)
+    assert got.dtype == dtype and torch.isfinite(got)
+    assert not torch.isfinite(torch.exp(torch.tensor(want, dtype=dtype)))  # E itself overflows
+    u = torch.finfo(dtype).eps / 2
+    tol = u * ((d + 1) * beta + 2 * (n + 2) + 3 * abs(want) + math.log(2 * beta * n * n))
+    assert abs(float(got) - want) <= tol
 
 
 # ------------------------------------------------------------------------------------------------
@@ -330,27 +408,6 @@ def test_sliced_wasserstein() -> None:
 def test_mismatched_clouds_rejected() -> None:
     with pytest.raises(ConfigError, match="y"):
         obs.wasserstein(sphere_cloud(10, 2), sphere_cloud(10, 3))
-
-
-# ------------------------------------------------------------------------------------------------
-# registry
-
-
-def test_registry_statistics_have_batch_shape() -> None:
-    x = torch.stack([clustered(50, 2, 3, 1e-4), clustered(50, 3, 3, 1e-4)])
-    values = {
-        name: obs.get_observable(name)(x, beta=1.0, threshold=1e-2) for name in obs.OBSERVABLES
-    }
-    assert set(values) == {"clusters", "effective_dim", "energy"}
-    assert all(v.shape == (2,) for v in values.values())
-    assert values["clusters"].tolist() == [2, 3]
-    torch.testing.assert_close(values["energy"], obs.interaction_energy(x, 1.0))
-
-
-def test_unknown_statistic_lists_valid_names() -> None:
-    with pytest.raises(ConfigError, match="stats") as err:
-        obs.get_observable("entropy")
-    assert "clusters, effective_dim, energy" in str(err.value)
 
 
 @settings(max_examples=25, deadline=None)

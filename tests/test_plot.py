@@ -47,7 +47,7 @@ def synthetic_run(
 
     data = {
         "x": ((*lead, "token", "dim"), x),
-        "energy": (lead, per_frame(obs.interaction_energy(flat, 2.0))),
+        "energy": (lead, per_frame(obs.log_interaction_energy(flat, 2.0))),  # stored as log E
         "clusters": (lead, per_frame(obs.cluster_count(flat, 1e-2))),
     }
     coords = {"time": np.linspace(0.0, 2.5, T), "token": np.arange(N), "dim": np.arange(d)}
@@ -113,7 +113,7 @@ def test_gram_histogram_figure_one_curve_per_time() -> None:
 
 def test_statistics_one_panel_per_variable() -> None:
     fig = plot_statistics(synthetic_run(3, batch=2), batch=1)
-    assert [ax.get_ylabel() for ax in fig.axes] == ["energy E_β", "clusters"]
+    assert [ax.get_ylabel() for ax in fig.axes] == ["log E_β (energy)", "clusters"]
 
 
 def test_euclidean_and_high_dimensional_sphere_plots(tmp_path: Path) -> None:

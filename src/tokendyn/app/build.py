@@ -43,13 +43,21 @@ def make_matrices(
     return Q, K, V
 
 
-def make_field(cfg: SimulationConfig, gen: torch.Generator | None = None) -> AttentionField | Block:
+def make_field(
+    cfg: SimulationConfig,
+    gen: torch.Generator | None = None,
+    beta: float | torch.Tensor | None = None,
+) -> AttentionField | Block:
+    """The configured field (an attention layer, or a whole block when a block field is set);
+    `beta` (default cfg.beta) may be a (B,) tensor, one β per cloud of a batch (attention layers
+    only: sweeps run block configs point by point)."""
     gen = gen if gen is not None else torch.Generator().manual_seed(cfg.seed)
     if cfg.uses_blocks:
         return make_block(cfg, gen)
+    beta = cfg.beta if beta is None else beta
     Q, K, V = make_matrices(cfg, gen)
     if cfg.heads == 1:
-        heads = [Head(Q, K, V, cfg.beta)]
+        heads = [Head(Q, K, V, beta)]
     else:
         if Q.shape[0] > cfg.d:
             raise ConfigError(
@@ -57,7 +65,7 @@ def make_field(cfg: SimulationConfig, gen: torch.Generator | None = None) -> Att
                 f"has {Q.shape[0]} rows; multi-head needs at most d={cfg.d}",
                 "give Q, K with at most d rows",
             )
-        heads = split_heads(Q, K, V, cfg.heads, cfg.beta)
+        heads = split_heads(Q, K, V, cfg.heads, beta)
     common = dict(mask=None if cfg.mask == "none" else cfg.mask, backend=cfg.backend)
     cls = VARIANTS[cfg.attention]
     if cfg.attention == "sinkhorn":
@@ -81,13 +89,16 @@ def make_space(cfg: SimulationConfig) -> Space:
     return get_space("euclidean", cfg.d, mean=cfg.init_mean, cov=cfg.init_cov)
 
 
-def build(cfg: SimulationConfig) -> tuple[AttentionField | Block, Space, torch.Tensor]:
-    """(field, space, x0) with x0 of shape (batch, n, d) on cfg.device in cfg.dtype.
+def build(
+    cfg: SimulationConfig, beta: float | torch.Tensor | None = None
+) -> tuple[AttentionField | Block, Space, torch.Tensor]:
+    """(field, space, x0) with x0 of shape (batch, n, d) on cfg.device in cfg.dtype; `beta` as in
+    make_field.
 
     One generator seeded with cfg.seed draws the random Q, K, V first, then the cloud, in float64
     on the CPU, so a seed gives the same run on every device and dtype."""
     gen = torch.Generator().manual_seed(cfg.seed)
-    field = make_field(cfg, gen)
+    field = make_field(cfg, gen, beta)
     space = make_space(cfg)
     if cfg.init in ("wrapped-normal", "mixture"):
         centers = cfg.init_centers or [0.0]

@@ -89,7 +89,12 @@ class SimulationConfig(BaseModel):
     init_std: float = Field(0.2, gt=0, description="wrapped-normal standard deviation σ₀ > 0")
     init_mean: list[float] | None = Field(None, description="Euclidean initial mean (length d)")
     init_cov: Matrix | None = Field(None, description="Euclidean initial covariance (d×d, PSD)")
-    sinkhorn_tol: float = Field(1e-9, gt=0, description="Sinkhorn marginal tolerance > 0")
+    sinkhorn_tol: float | None = Field(
+        None,
+        gt=0,
+        description="Sinkhorn marginal tolerance > 0; default per dtype: 1e-9 (float64), "
+        "1.2e-5 (float32)",
+    )
     sinkhorn_max_iter: int = Field(1000, ge=1, description="Sinkhorn iteration cap ≥ 1")
     sigmoid_bias: float = Field(0.0, description="sigmoid bias b (mean-field form)")
     sigmoid_form: Literal["meanfield", "practical"] = Field(

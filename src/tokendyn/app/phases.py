@@ -22,8 +22,7 @@ import xarray as xr
 from tokendyn.app.build import make_matrices
 from tokendyn.app.config import SimulationConfig, make_config
 from tokendyn.app.store import stored_config
-from tokendyn.engine.kernels import get_backend
-from tokendyn.engine.observables import cluster_labels, effective_dimension
+from tokendyn.engine.observables import cluster_labels, effective_dimension, pair_logsumexp
 from tokendyn.errors import ConfigError
 from tokendyn.theory.multiscale import (
     Merge,
@@ -96,12 +95,11 @@ def log_normalised_energy(
     x: torch.Tensor, Q: torch.Tensor, K: torch.Tensor, beta: float
 ) -> torch.Tensor:
     """log Ê, Ê = (1/N²) Σ_ij e^{β(⟨Qx_i, Kx_j⟩ − λ_max(S))}, S = QᵀK (λ_max of its symmetric
-    part): Σ_k α_k² once clustered on E_max; tiled and max-shifted by the kernel backend."""
+    part): Σ_k α_k² once clustered on E_max. The pair sum is the engine's `pair_logsumexp`."""
     S = (K.T @ Q).to(torch.float64)
     lam = float(torch.linalg.eigvalsh((S + S.T) / 2)[-1])
     q, k = (x @ M.to(x.dtype).T for M in (Q, K))
-    lse = get_backend("auto").logsumexp(beta * q.unsqueeze(0), k.unsqueeze(0))[0]
-    return torch.logsumexp(lse, dim=-1) - 2 * math.log(x.shape[0]) - beta * lam
+    return pair_logsumexp(beta * q, k) - 2 * math.log(x.shape[0]) - beta * lam
 
 
 def diagnostics(ds: xr.Dataset) -> xr.Dataset:

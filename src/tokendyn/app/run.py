@@ -10,9 +10,9 @@ import torch.distributed as dist
 import xarray as xr
 
 from tokendyn._version import __version__
-from tokendyn.app.build import DTYPES, build, resolve_device
+from tokendyn.app.build import DTYPES, resolve_device
 from tokendyn.app.config import SimulationConfig
-from tokendyn.app.simulate import simulate
+from tokendyn.app.pipeline import build_run, simulate_run
 from tokendyn.app.store import (
     ZarrSink,
     open_run,
@@ -21,21 +21,10 @@ from tokendyn.app.store import (
     truncate_incomplete_frames,
 )
 from tokendyn.engine.distributed import ShardedField, process_group
-from tokendyn.engine.integrate import Statistic
-from tokendyn.engine.observables import get_observable
 from tokendyn.errors import StoreError
 
 # Fields that may differ between a stored run and its resumption.
 RESUMABLE_CHANGES = {"t_end"}
-
-
-def statistics(cfg: SimulationConfig) -> dict[str, Statistic]:
-    """The configured statistics, bound to the run's β and cluster threshold."""
-    out = {}
-    for name in cfg.stats:
-        fn = get_observable(name)
-        out[name] = lambda x, fn=fn: fn(x, beta=cfg.beta, threshold=cfg.cluster_threshold)
-    return out
 
 
 def run_simulation(
@@ -70,27 +59,18 @@ def _run(
     progress: bool,
     sharded: bool,
 ) -> xr.Dataset:
-    field, space, x0 = build(cfg)
+    system = build_run(cfg)
     lead = not sharded or dist.get_rank() == 0  # the one process that writes
-    velocity = ShardedField(field) if sharded else field
+    velocity = ShardedField(system.field) if sharded else system.field
     attrs = {"config": cfg.to_json(), "tokendyn_version": __version__, "field": velocity.describe()}
-    kwargs = dict(
-        t_end=cfg.t_end,
-        dt=cfg.dt,
-        method=cfg.method,
-        save_every=cfg.save_every,
-        stats=statistics(cfg) if lead else {},
-        progress=progress and lead,
-        attrs=attrs,
-    )
+    kwargs = dict(velocity=velocity, with_stats=lead, progress=progress and lead, attrs=attrs)
     batched = cfg.batch > 1
-    x_start = x0 if batched else x0[0]
     if out is None:
-        return simulate(velocity, space, x_start, **kwargs)
+        return simulate_run(system, **kwargs)
     start = [_prepare_store(cfg, out, resume, overwrite) if lead else None]
     if sharded:
         dist.broadcast_object_list(start, src=0)  # the others wait until the store is ready
-    start_step = 0
+    start_step, x_start = 0, None
     if start[0] == "finished":
         return open_run(out)
     if start[0] == "append":
@@ -107,7 +87,7 @@ def _run(
             positions=cfg.mask == "causal",
             append=start[0] == "append",
         )
-    simulate(velocity, space, x_start, sink=sink, start_step=start_step, keep=False, **kwargs)
+    simulate_run(system, x_start=x_start, sink=sink, start_step=start_step, keep=False, **kwargs)
     if sharded:
         dist.barrier()
     return open_run(out)

@@ -14,7 +14,6 @@ NaN) is recorded with its error message while the others complete.
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
 import math
@@ -25,14 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 import xarray as xr
 
-from tokendyn.app.build import build, make_field, make_space
 from tokendyn.app.config import SimulationConfig, load_toml, make_config
+from tokendyn.app.pipeline import build_run, simulate_run
 from tokendyn.app.progress import progress_bar
-from tokendyn.app.simulate import simulate
-from tokendyn.engine.observables import get_observable
 from tokendyn.errors import ConfigError, StoreError, TokendynError
 
 PENDING, DONE, FAILED = 0, 1, 2
@@ -155,31 +151,11 @@ def run_points(base: dict[str, Any], points: list[dict[str, Any]]) -> list[dict]
 
 
 def _run_batch(base: dict[str, Any], points: list[dict[str, Any]]) -> list[dict]:
-    configs = [make_config(**{**base, **p}) for p in points]
-    first = configs[0]
-    field = make_field(first)
-    betas = torch.tensor([c.beta for c in configs], dtype=torch.float64)
-    if len(configs) > 1:
-        for head in field.heads:
-            head.beta = betas.to(head.Q.device)
-    x0 = torch.cat([build(c)[2] for c in configs])
-    beta = betas if len(configs) > 1 else first.beta
-    stats = {
-        name: functools.partial(get_observable(name), beta=beta, threshold=first.cluster_threshold)
-        for name in first.stats
-    }
-    ds = simulate(
-        field,
-        make_space(first),
-        x0,
-        t_end=first.t_end,
-        dt=first.dt,
-        method=first.method,
-        save_every=first.save_every,
-        stats=stats,
-    )
+    system = build_run([make_config(**{**base, **p}) for p in points])
+    ds = simulate_run(system)
+    assert ds is not None  # simulate keeps the frames unless asked not to
     n_time = ds.sizes["time"]
-    series = {name: ds[name].values.reshape(n_time, len(points)) for name in stats}
+    series = {name: ds[name].values.reshape(n_time, len(points)) for name in system.stats}
     times = ds["time"].values
     results = []
     for b in range(len(points)):

@@ -180,8 +180,7 @@ def run(quick: bool, out_dir: Path) -> Section:
         seed=0,
     )
     ds = run_simulation(cfg)
-    energy = ds["energy"].values
-    increments = np.diff(energy) / energy[:-1]
+    increments = np.expm1(np.diff(ds["energy"].values))  # E_{k+1}/E_k − 1 from the stored log E
     checks.append(
         Check(
             "engine: energy E_β non-decreasing along the S² flow (min relative increment)",

@@ -36,6 +36,7 @@ from scipy.integrate import quad, solve_ivp
 from scipy.linalg import expm, schur
 from scipy.special import ive, lambertw
 
+from tokendyn.engine.observables import pair_logsumexp
 from tokendyn.errors import ConfigError
 
 F64 = torch.float64
@@ -223,11 +224,11 @@ class Merge:
 
 
 def normalised_energy(x: torch.Tensor, masses: torch.Tensor, beta: float) -> float:
-    """Ê = Σ_kl α_k α_l e^{β(⟨x_k,x_l⟩−1)} / (Σα)²: Σα_k²/(Σα)² for far-apart clusters; each merge
-    of k, l adds 2α_kα_l/(Σα)²."""
+    """Ê = Σ_kl α_k α_l e^{β(⟨x̂_k,x̂_l⟩−1)} / (Σα)²: Σα_k²/(Σα)² for far-apart clusters; each merge
+    of k, l adds 2α_kα_l/(Σα)². Summed in log form by the engine's `pair_logsumexp`."""
     x_hat = x / x.norm(dim=-1, keepdim=True)
-    w = masses / masses.sum()
-    return float(w @ torch.exp(beta * (x_hat @ x_hat.T - 1)) @ w)
+    log_w = torch.log(masses / masses.sum()).to(x_hat.dtype)
+    return math.exp(float(pair_logsumexp(beta * x_hat, x_hat, log_weights=log_w)) - beta)
 
 
 def run_until_merge(

@@ -24,8 +24,9 @@ from tokendyn.errors import ConfigError
 if TYPE_CHECKING:
     from tokendyn.app.phases import Phases
 
+# Stored statistics and their axis labels; `energy` is stored as log E (it cannot overflow).
 STAT_LABELS = {
-    "energy": "energy E_β",
+    "energy": "log E_β (energy)",
     "clusters": "clusters",
     "effective_dim": "effective dimension",
 }
@@ -332,8 +333,11 @@ def plot_phase(
     ax = fig.add_subplot()
     xs, ys = _edges(grid[x].values), _edges(grid[y].values)
     mesh = ax.pcolormesh(xs, ys, np.ma.masked_invalid(grid.values), shading="flat", cmap="viridis")
-    fig.colorbar(mesh, ax=ax, label=stat + (" (mean over " + ", ".join(rest) + ")" if rest else ""))
-    ax.set(xlabel=x, ylabel=y, title=f"{stat} over ({x}, {y})")
+    label = STAT_LABELS.get(stat, stat)
+    fig.colorbar(
+        mesh, ax=ax, label=label + (" (mean over " + ", ".join(rest) + ")" if rest else "")
+    )
+    ax.set(xlabel=x, ylabel=y, title=f"{label} over ({x}, {y})")
     _label_categories(ax, "x", grid[x].values)
     _label_categories(ax, "y", grid[y].values)
     if _log_spaced(grid[x].values):

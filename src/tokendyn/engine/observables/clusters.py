@@ -1,23 +1,16 @@
-"""Observables of a token cloud x of shape (N, d) or (B, N, d).
-
-Every function accepts float32/float64 tensors on any device and returns one value per cloud: a
-tensor of shape (B,) for batched input, a 0-d tensor for a single (N, d) cloud (unless noted).
-`OBSERVABLES` maps the statistic names a simulation can save to callables f(x, *, beta, threshold).
-"""
+"""Cluster counts: connected components of the graph i ~ j iff |x_i − x_j| < threshold."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import numpy as np
-import ot
 import torch
 from scipy.sparse import coo_matrix, csr_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
-from tokendyn.engine.kernels import Backend, get_backend
+from tokendyn.engine.observables._cloud import batched, check_positive, unbatch
 from tokendyn.errors import ConfigError
 
 # cluster_labels: dense distance rows up to DENSE_CLUSTER_MAX tokens, the grid algorithm above.
@@ -32,40 +25,6 @@ _DENSE_ROW_BLOCK = 512  # rows of the distance matrix formed at once on the dens
 _PAIR_CHUNK = 1 << 20  # point pairs compared at once on the grid path
 _KDTREE_PAIR_WORK = 4096  # cell pairs with more point pairs than this are checked with a k-d tree
 _BATCHED_ADJACENCY_MAX = 1 << 22  # B·N² entries of the batched adjacency in cluster_count
-
-
-# ---------------------------------------------------------------------------------------------
-# input checks
-
-
-def _cloud(x: torch.Tensor) -> torch.Tensor:
-    x = torch.as_tensor(x)
-    if x.dim() not in (2, 3) or x.shape[-2] < 1:
-        raise ConfigError(
-            "x",
-            f"has shape {tuple(x.shape)}",
-            "pass a cloud of shape (N, d) or (B, N, d) with N ≥ 1",
-        )
-    return x
-
-
-def _batched(x: torch.Tensor) -> tuple[torch.Tensor, bool]:
-    """(x as (B, N, d), whether the input was a single (N, d) cloud)."""
-    x = _cloud(x)
-    return (x.unsqueeze(0), True) if x.dim() == 2 else (x, False)
-
-
-def _unbatch(values: torch.Tensor, single: bool) -> torch.Tensor:
-    return values[0] if single else values
-
-
-def _check_positive(field: str, value: float) -> None:
-    if not value > 0:
-        raise ConfigError(field, f"is {value}", f"give {field} > 0")
-
-
-# ---------------------------------------------------------------------------------------------
-# clusters
 
 
 def _dense_limit(d: int, dense_max: int | None) -> int:
@@ -85,7 +44,7 @@ def cluster_labels(
     the cloud is made of few tight groups (`_leader_labels`), otherwise a grid (`_grid_labels`).
     dense_max defaults to GRID_MIN_TOKENS for d ≤ GRID_MAX_DIM and DENSE_CLUSTER_MAX above.
     """
-    _check_positive("threshold", threshold)
+    check_positive("threshold", threshold)
     x = torch.as_tensor(x2d)
     if x.dim() != 2 or x.shape[0] < 1:
         raise ConfigError("x2d", f"has shape {tuple(x.shape)}", "pass one cloud of shape (N, d)")
@@ -106,14 +65,14 @@ def cluster_count(
 
     Many small clouds (B·N² ≤ 2^22) are counted together by label propagation on the batched
     adjacency; otherwise each cloud goes through `cluster_labels`."""
-    xb, single = _batched(x)
-    _check_positive("threshold", threshold)
+    xb, single = batched(x)
+    check_positive("threshold", threshold)
     n = xb.shape[1]
     batched_ok = n <= _dense_limit(xb.shape[2], dense_max)
     if xb.shape[0] > 1 and batched_ok and xb.shape[0] * n * n <= _BATCHED_ADJACENCY_MAX:
-        return _unbatch(_batched_component_counts(xb.detach().double(), threshold), single)
+        return unbatch(_batched_component_counts(xb.detach().double(), threshold), single)
     counts = [int(cluster_labels(cloud, threshold, dense_max=dense_max).max()) + 1 for cloud in xb]
-    return _unbatch(torch.tensor(counts, dtype=torch.int64, device=xb.device), single)
+    return unbatch(torch.tensor(counts, dtype=torch.int64, device=xb.device), single)
 
 
 def _batched_component_counts(x: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -284,217 +243,3 @@ def _min_distances(
     j = starts[b][pair_id] + local % nb
     dist = np.sqrt(((xs[i] - xs[j]) ** 2).sum(axis=1))
     return np.minimum.reduceat(dist, offsets)
-
-
-# ---------------------------------------------------------------------------------------------
-# effective dimension
-
-
-def effective_dimension(x: torch.Tensor) -> torch.Tensor:
-    """Participation ratio (Σλ)²/Σλ² = tr(Σ)²/tr(Σ²) of the eigenvalues λ of the covariance Σ.
-
-    Between 1 (a line) and d (isotropic). A cloud collapsed to a point has no direction, and gets 0:
-    that is when tr Σ ≤ d·(64·ε·max(1, max|x|))², i.e. its spread is at the rounding level of its
-    coordinates (ε the dtype's machine epsilon).
-    """
-    xb, single = _batched(x)
-    _, cov = mean_and_covariance(xb)
-    trace = cov.diagonal(dim1=-2, dim2=-1).sum(-1)
-    frob2 = (cov**2).sum((-2, -1))
-    scale = xb.abs().amax((-2, -1)).clamp(min=1.0)
-    floor = xb.shape[-1] * (64 * torch.finfo(xb.dtype).eps * scale) ** 2
-    ratio = torch.where(trace > floor, trace**2 / frob2, torch.zeros_like(trace))
-    return _unbatch(ratio, single)
-
-
-# ---------------------------------------------------------------------------------------------
-# interaction energy
-
-
-def log_interaction_energy(
-    x: torch.Tensor, beta: float | torch.Tensor, backend: str | Backend = "auto"
-) -> torch.Tensor:
-    """log E_β = logsumexp_i(lse_i) − log(2βN²), lse_i = log Σ_j exp(β⟨x_i, x_j⟩).
-
-    Max-shifted and tiled by the kernel backend: finite for any β (no N×N matrix for large N).
-    β is a number or one value per cloud, a (B,) tensor.
-    """
-    xb, single = _batched(x)
-    betas = torch.as_tensor(beta, dtype=xb.dtype, device=xb.device).reshape(-1)
-    if betas.numel() not in (1, xb.shape[0]) or not bool((betas > 0).all()):
-        raise ConfigError("beta", f"is {beta}", "give β > 0, one number or one per cloud")
-    n = xb.shape[1]
-    lse = get_backend(backend).logsumexp(betas.reshape(-1, 1, 1) * xb, xb)
-    log_norm = torch.log(2 * betas * n * n)
-    return _unbatch(torch.logsumexp(lse, dim=-1) - log_norm, single)
-
-
-def interaction_energy(
-    x: torch.Tensor, beta: float | torch.Tensor, backend: str | Backend = "auto"
-) -> torch.Tensor:
-    """E_β = (1/(2βN²)) Σ_ij exp(β⟨x_i, x_j⟩), the energy the attention dynamics increases."""
-    return torch.exp(log_interaction_energy(x, beta, backend))
-
-
-# ---------------------------------------------------------------------------------------------
-# Gram histogram
-
-
-def gram_histogram(
-    x: torch.Tensor,
-    bins: int = 50,
-    range: tuple[float, float] = (-1.0, 1.0),
-    max_pairs_dense: int = 1 << 22,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Histogram of the inner products ⟨x_i, x_j⟩ over the pairs i < j, in float64.
-
-    Returns (counts, edges): counts float64 (bins,) for one cloud (N, d) or (B, bins) for (B, N, d),
-    edges (bins + 1,). The Gram matrix is formed in tiles of at most max_pairs_dense entries.
-    Values outside `range` are not counted, except rounding overshoots (within 1e-6 of the width,
-    e.g. ⟨x, x'⟩ = 1 + 1e-16 on the sphere) which go to the edge bins.
-    """
-    lo, hi = float(range[0]), float(range[1])
-    if not (bins >= 1 and lo < hi):
-        raise ConfigError("bins/range", f"bins={bins}, range={range}", "use bins ≥ 1 and lo < hi")
-    if max_pairs_dense < 1:
-        raise ConfigError("max_pairs_dense", f"is {max_pairs_dense}", "use an integer ≥ 1")
-    xb, single = _batched(x)
-    block = math.isqrt(max_pairs_dense)
-    counts = np.stack([_gram_counts(c.detach().double(), bins, lo, hi, block) for c in xb])
-    return (counts[0] if single else counts), np.linspace(lo, hi, bins + 1)
-
-
-def _gram_counts(x: torch.Tensor, bins: int, lo: float, hi: float, block: int) -> np.ndarray:
-    n = x.shape[0]
-    tol = 1e-6 * (hi - lo)
-    counts = torch.zeros(bins, dtype=torch.float64, device=x.device)
-    for i0 in range(0, n, block):
-        rows = x[i0 : i0 + block]
-        for j0 in range(i0, n, block):
-            gram = rows @ x[j0 : j0 + block].T
-            values = (
-                gram[torch.ones_like(gram, dtype=torch.bool).triu(1)] if j0 == i0 else gram.ravel()
-            )
-            snapped = torch.where((values > hi) & (values <= hi + tol), hi, values)
-            snapped = torch.where((snapped < lo) & (snapped >= lo - tol), lo, snapped)
-            counts += torch.histc(snapped, bins=bins, min=lo, max=hi)
-    return counts.cpu().numpy()
-
-
-# ---------------------------------------------------------------------------------------------
-# Gaussian and optimal-transport distances
-
-
-def mean_and_covariance(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Empirical mean α = (1/N) Σ x_i, shape (…, d), and covariance (…, d, d)
-
-    Σ = (1/N) Σ_i (x_i − α)(x_i − α)ᵀ (population normalisation 1/N).
-    """
-    x = _cloud(x)
-    mean = x.mean(dim=-2)
-    centred = x - mean.unsqueeze(-2)
-    return mean, centred.mT @ centred / x.shape[-2]
-
-
-def bures_wasserstein(
-    mean1: torch.Tensor, cov1: torch.Tensor, mean2: torch.Tensor, cov2: torch.Tensor
-) -> torch.Tensor:
-    """W2 between N(α1, Σ1) and N(α2, Σ2) (the distance, not its square), where
-
-    W2² = |α1 − α2|² + tr(Σ1 + Σ2 − 2(Σ1^{1/2} Σ2 Σ1^{1/2})^{1/2}).
-    Means (d,) or (B, d) with covariances (d, d) or (B, d, d); batches are paired elementwise.
-    Uses POT's ot.gaussian.bures_wasserstein_distance.
-    """
-    if mean1.dim() == 1:
-        return ot.gaussian.bures_wasserstein_distance(mean1, mean2, cov1, cov2).reshape(())
-    return ot.gaussian.bures_wasserstein_distance(mean1, mean2, cov1, cov2, paired=True)
-
-
-def wasserstein(x: torch.Tensor, y: torch.Tensor, p: float = 2) -> torch.Tensor:
-    """Exact W_p = (min_π Σ_ij π_ij |x_i − y_j|^p)^{1/p} between the uniform empirical measures.
-
-    Network simplex (ot.emd2) on the N×M cost matrix: for clouds of up to a few thousand tokens.
-    """
-    if p < 1:
-        raise ConfigError("p", f"is {p}", "use p ≥ 1")
-    (xb, single), (yb, _) = _paired(x, y)
-    values = [_emd(xi, yi, p) for xi, yi in zip(xb, yb, strict=True)]
-    return _unbatch(torch.stack(values), single)
-
-
-def sliced_wasserstein(
-    x: torch.Tensor, y: torch.Tensor, n_projections: int = 200, seed: int = 0
-) -> torch.Tensor:
-    """Sliced W2 = (E_θ W2²(⟨θ, x⟩, ⟨θ, y⟩))^{1/2} over random unit directions θ.
-
-    Monte Carlo over n_projections directions (ot.sliced_wasserstein_distance), at cost
-    O(n_projections · N log N): for large clouds. Deterministic for a given seed.
-    """
-    if n_projections < 1:
-        raise ConfigError("n_projections", f"is {n_projections}", "use an integer ≥ 1")
-    (xb, single), (yb, _) = _paired(x, y)
-    values = [
-        torch.as_tensor(
-            ot.sliced_wasserstein_distance(xi, yi, n_projections=n_projections, seed=seed)
-        )
-        for xi, yi in zip(xb, yb, strict=True)
-    ]
-    return _unbatch(torch.stack(values), single)
-
-
-def _paired(
-    x: torch.Tensor, y: torch.Tensor
-) -> tuple[tuple[torch.Tensor, bool], tuple[torch.Tensor, bool]]:
-    bx, by = _batched(x), _batched(y)
-    if (
-        bx[0].dim() != by[0].dim()
-        or bx[0].shape[0] != by[0].shape[0]
-        or bx[0].shape[2] != by[0].shape[2]
-    ):
-        raise ConfigError(
-            "y",
-            f"shape {tuple(y.shape)} does not match x {tuple(x.shape)}",
-            "use the same batch and d",
-        )
-    return bx, by
-
-
-def _emd(x: torch.Tensor, y: torch.Tensor, p: float) -> torch.Tensor:
-    a = x.new_full((x.shape[0],), 1.0 / x.shape[0])
-    b = y.new_full((y.shape[0],), 1.0 / y.shape[0])
-    cost = ot.dist(x, y) if p == 2 else ot.dist(x, y, metric="euclidean") ** p
-    return torch.as_tensor(ot.emd2(a, b, cost, numItermax=10_000_000)) ** (1.0 / p)
-
-
-# ---------------------------------------------------------------------------------------------
-# registry of statistics saved by simulate()
-
-Observable = Callable[..., torch.Tensor]
-
-
-def _clusters(x: torch.Tensor, *, beta: float, threshold: float) -> torch.Tensor:
-    return cluster_count(x, threshold)
-
-
-def _effective_dim(x: torch.Tensor, *, beta: float, threshold: float) -> torch.Tensor:
-    return effective_dimension(x)
-
-
-def _energy(x: torch.Tensor, *, beta: float, threshold: float) -> torch.Tensor:
-    return interaction_energy(x, beta)
-
-
-OBSERVABLES: dict[str, Observable] = {
-    "clusters": _clusters,
-    "effective_dim": _effective_dim,
-    "energy": _energy,
-}
-
-
-def get_observable(name: str) -> Observable:
-    """The statistic `name` as f(x, *, beta, threshold) -> (B,)."""
-    if name not in OBSERVABLES:
-        raise ConfigError(
-            "stats", f"unknown statistic {name!r}", f"use one of {', '.join(OBSERVABLES)}"
-        )
-    return OBSERVABLES[name]
