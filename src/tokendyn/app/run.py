@@ -10,7 +10,7 @@ import torch.distributed as dist
 import xarray as xr
 
 from tokendyn._version import __version__
-from tokendyn.app.build import DTYPES, build, resolve_device
+from tokendyn.app.build import build, device_of, dtype_of
 from tokendyn.app.config import SimulationConfig
 from tokendyn.app.simulate import simulate
 from tokendyn.app.store import (
@@ -23,7 +23,7 @@ from tokendyn.app.store import (
 from tokendyn.engine.distributed import ShardedField, process_group
 from tokendyn.engine.integrate import Statistic
 from tokendyn.engine.observables import get_observable
-from tokendyn.errors import StoreError
+from tokendyn.errors import ConfigError, StoreError
 
 # Fields that may differ between a stored run and its resumption.
 RESUMABLE_CHANGES = {"t_end"}
@@ -56,6 +56,12 @@ def run_simulation(
         raise StoreError(
             "resume: there is nothing to resume without --out. Fix: give --out PATH.zarr"
         )
+    if distributed and cfg.mask == "causal":
+        raise ConfigError(
+            "mask",
+            "causal attention is not sharded over processes",
+            "run causal attention without --distributed, or use mask = 'none'",
+        )
     if not distributed:
         return _run(cfg, out, resume, overwrite, progress, sharded=False)
     with process_group(cfg.device):
@@ -74,6 +80,7 @@ def _run(
     lead = not sharded or dist.get_rank() == 0  # the one process that writes
     velocity = ShardedField(field) if sharded else field
     attrs = {"config": cfg.to_json(), "tokendyn_version": __version__, "field": velocity.describe()}
+    positions = cfg.mask == "causal"  # store each token's position s_i = i/N
     kwargs = dict(
         t_end=cfg.t_end,
         dt=cfg.dt,
@@ -82,6 +89,7 @@ def _run(
         stats=statistics(cfg) if lead else {},
         progress=progress and lead,
         attrs=attrs,
+        positions=positions,
     )
     batched = cfg.batch > 1
     x_start = x0 if batched else x0[0]
@@ -96,16 +104,12 @@ def _run(
     if start[0] == "append":
         ds = open_run(out)
         start_step = int(ds["step"].values[-1])
-        dtype, device = DTYPES[cfg.dtype], resolve_device(cfg.device)
+        dtype, device = dtype_of(cfg), device_of(cfg)
         x_start = torch.as_tensor(ds["x"].isel(time=-1).values, dtype=dtype, device=device)
     sink = None
     if lead:
         sink = ZarrSink(
-            out,
-            batched=batched,
-            attrs=attrs,
-            positions=cfg.mask == "causal",
-            append=start[0] == "append",
+            out, batched=batched, attrs=attrs, positions=positions, append=start[0] == "append"
         )
     simulate(velocity, space, x_start, sink=sink, start_step=start_step, keep=False, **kwargs)
     if sharded:

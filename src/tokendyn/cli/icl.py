@@ -147,16 +147,12 @@ def register(app: typer.Typer) -> None:
         """Train a model (several seeds, best validation kept); test MSE and level-k probes."""
         import numpy as np
 
+        from tokendyn.engine.device import resolve_device
         from tokendyn.theory.icl import get_setting, make_prior
         from tokendyn.theory.icl.priors import TreePrior
         from tokendyn.theory.icl.probes import probe_model
         from tokendyn.theory.icl.tasks import sample_tasks
-        from tokendyn.theory.icl.train import (
-            evaluate_mse,
-            make_test_set,
-            resolve_device,
-            train_config,
-        )
+        from tokendyn.theory.icl.train import evaluate_mse, make_test_set, train_config
         from tokendyn.theory.icl.train import train as train_model
 
         seed_list = [int(v) for v in seeds.split(",") if v.strip().isdigit()]
@@ -177,7 +173,7 @@ def register(app: typer.Typer) -> None:
             device=device.value,
             progress=not as_json,
         )
-        dev = resolve_device(cfg.device)
+        dev = str(resolve_device(cfg.device))
         default_threads(ctx, cfg.threads)
         res = train_model(s, p, model.value, depth, heads, cfg, out, ff_kind=ff_kind.value)
         test = make_test_set(s, p, n_test)

@@ -17,6 +17,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+from tokendyn.engine.device import resolve_device
 from tokendyn.errors import ConfigError
 from tokendyn.theory.icl.models import build_model
 from tokendyn.theory.icl.priors import MixturePrior
@@ -56,12 +57,6 @@ def train_config(**values: object) -> TrainConfig:
         described = TrainConfig.model_fields.get(name)
         fix = f"expected {described.description if described else name}"
         raise ConfigError(name, e["msg"], fix) from None
-
-
-def resolve_device(device: str) -> str:
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device", "CUDA is not available", "use --device cpu or auto")
-    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
 
 
 @dataclass
@@ -112,7 +107,7 @@ def train(
 ) -> TrainResult:
     """Train one configuration for each seed and keep the best validation loss."""
     cfg = cfg or TrainConfig()
-    device = resolve_device(cfg.device)
+    device = str(resolve_device(cfg.device))
     val = sample_tasks(
         prior, setting.N, setting.sigma, cfg.val_size, np.random.default_rng(VAL_SEED)
     )
