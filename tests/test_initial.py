@@ -10,7 +10,12 @@ from scipy import stats
 
 from tokendyn.app.build import build
 from tokendyn.app.config import load_config, make_config
-from tokendyn.engine.initial import beta_from_law, gaussian, uniform_sphere, wrapped_normal_mixture
+from tokendyn.engine.initial import (
+    beta_from_law,
+    gaussian_cloud,
+    uniform_sphere,
+    wrapped_normal_mixture,
+)
 from tokendyn.errors import ConfigError
 
 CENTERS = [0.0, 2.1, 4.2]
@@ -152,7 +157,7 @@ def test_uniform_sphere_and_gaussian_laws():
     assert flat.mean(0).abs().max() < 5 * 0.003
     assert (flat.T @ flat / len(flat) - torch.eye(3, dtype=torch.float64) / 3).abs().max() < 0.015
     mean, cov = [1.0, -2.0], [[1.0, 0.4], [0.4, 0.6]]
-    y = gaussian(1, 20_000, 2, gen, mean, cov)[0]
+    y = gaussian_cloud(1, 20_000, 2, gen, mean, cov)[0]
     # Sample moments of 20 000 draws: standard errors ≈ 0.01.
     assert torch.allclose(y.mean(0), torch.tensor(mean, dtype=torch.float64), atol=0.04)
     assert torch.allclose(torch.cov(y.T), torch.tensor(cov, dtype=torch.float64), atol=0.04)
@@ -170,7 +175,7 @@ def test_uniform_sphere_and_gaussian_laws():
 def test_gaussian_errors_name_the_argument_and_the_config_field(kwargs, field, config_field):
     gen = torch.Generator().manual_seed(0)
     with pytest.raises(ConfigError) as info:
-        gaussian(1, 4, 2, gen, **kwargs)
+        gaussian_cloud(1, 4, 2, gen, **kwargs)
     assert info.value.field == field
     cfg = make_config(space="euclidean", d=2, **{f"init_{k}": v for k, v in kwargs.items()})
     with pytest.raises(ConfigError) as info:

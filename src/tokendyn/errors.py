@@ -53,8 +53,8 @@ def validation_error(err: Any, fields: Mapping[str, Any], default: str = "config
         return ConfigError(default, str(err), "correct the fields")
     if len(problems) == 1:
         return ConfigError(problems[0][0], problems[0][1], "correct this field")
-    text = "; ".join(f"{field}: {message}" for field, message in problems)
-    return ConfigError(problems[0][0], text, "correct the fields named above")
+    others = "".join(f"; {field}: {message}" for field, message in problems[1:])
+    return ConfigError(problems[0][0], problems[0][1] + others, "correct the fields named above")
 
 
 class NonFiniteStateError(TokendynError):

@@ -16,7 +16,7 @@ import torch
 from tokendyn.app.config import SimulationConfig
 from tokendyn.engine.attention import VARIANTS, AttentionField, Head, as_matrix, split_heads
 from tokendyn.engine.device import resolve_device, resolve_dtype
-from tokendyn.engine.initial import gaussian, uniform_sphere, wrapped_normal_mixture
+from tokendyn.engine.initial import gaussian_cloud, uniform_sphere, wrapped_normal_mixture
 from tokendyn.engine.space import Space, get_space
 from tokendyn.errors import ConfigError
 
@@ -118,7 +118,7 @@ def initial_cloud(cfg: SimulationConfig, gen: torch.Generator) -> torch.Tensor:
         )
     if cfg.space == "sphere":
         return uniform_sphere(cfg.batch, cfg.n, cfg.d, gen)
-    return gaussian(cfg.batch, cfg.n, cfg.d, gen, cfg.init_mean, cfg.init_cov)
+    return gaussian_cloud(cfg.batch, cfg.n, cfg.d, gen, cfg.init_mean, cfg.init_cov)
 
 
 def build(cfg: SimulationConfig) -> tuple[AttentionField, Space, torch.Tensor]:

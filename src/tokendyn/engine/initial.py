@@ -60,7 +60,7 @@ def uniform_sphere(
     return Sphere().retract(z).to(dtype)
 
 
-def gaussian(
+def gaussian_cloud(
     batch: int,
     n: int,
     d: int,
