@@ -100,7 +100,7 @@ def make_space(cfg: SimulationConfig) -> Space:
     """The configured space (initial Gaussians apply only in R^d)."""
     if cfg.space == "sphere" and (cfg.init_mean is not None or cfg.init_cov is not None):
         raise ConfigError(
-            "init_mean",
+            "init_mean" if cfg.init_mean is not None else "init_cov",
             "initial Gaussians apply only in R^d",
             "drop init_mean/init_cov or use space = 'euclidean'",
         )

@@ -148,7 +148,8 @@ class SimulationConfig(BaseModel):
                 "(R^d clouds are Gaussian: init_mean, init_cov)"
             )
         if self.init is None and (self.init_centers or self.init_weights):
-            raise ValueError("init_centers: given without init; add init = 'mixture'")
+            given = "init_centers" if self.init_centers else "init_weights"
+            raise ValueError(f"{given}: given without init; add init = 'mixture'")
         if self.init == "mixture" and not self.init_centers:
             raise ValueError("init_centers: a mixture needs its centres; give init_centers")
         if self.init_weights is not None and len(self.init_weights) != len(
