@@ -8,6 +8,7 @@ import torch
 
 from tokendyn.app.simulate import simulate
 from tokendyn.engine.attention import Head, SoftmaxAttention
+from tokendyn.engine.initial import uniform_sphere
 from tokendyn.engine.space import Euclidean, Sphere
 from tokendyn.errors import ConfigError, NonFiniteStateError
 from tokendyn.studies.engine import convergence_order, exact_gap, two_token_gap
@@ -45,7 +46,7 @@ def test_engine_convergence_helper_reports_fourth_order():
 
 def test_sphere_constraint_is_kept():
     gen = torch.Generator().manual_seed(0)
-    x0 = Sphere(3).sample(2, 40, 3, gen, F64)
+    x0 = uniform_sphere(2, 40, 3, gen)
     Q, K, V = (torch.randn(3, 3, generator=gen, dtype=F64) for _ in range(3))
     field = SoftmaxAttention([Head(Q, K, V, 3.0)], backend="tiled")
     ds = simulate(field, Sphere(3), x0, t_end=3.0, dt=0.05, method="euler")
@@ -75,10 +76,10 @@ def test_uniform_attention_moves_the_mean_by_exp_tv():
 
 
 def test_saved_frames_and_coordinates():
-    x0 = Sphere(3).sample(3, 10, 3, torch.Generator().manual_seed(0), F64)
+    x0 = uniform_sphere(3, 10, 3, torch.Generator().manual_seed(0))
     I3 = torch.eye(3, dtype=F64)
     field = SoftmaxAttention([Head(I3, I3, I3, 1.0)], mask="causal")
-    ds = simulate(field, Sphere(3), x0, t_end=1.0, dt=0.1, save_every=3)
+    ds = simulate(field, Sphere(3), x0, t_end=1.0, dt=0.1, save_every=3, positions=True)
     assert ds["x"].dims == ("time", "batch", "token", "dim")
     assert ds["step"].values.tolist() == [0, 3, 6, 9, 10]
     assert np.allclose(ds["time"].values, [0, 0.3, 0.6, 0.9, 1.0])
@@ -86,7 +87,7 @@ def test_saved_frames_and_coordinates():
 
 
 def test_statistics_are_saved_per_frame():
-    x0 = Sphere(3).sample(1, 10, 3, torch.Generator().manual_seed(0), F64)[0]
+    x0 = uniform_sphere(1, 10, 3, torch.Generator().manual_seed(0))[0]
     I3 = torch.eye(3, dtype=F64)
     field = SoftmaxAttention([Head(I3, I3, I3, 1.0)])
     ds = simulate(
@@ -159,7 +160,7 @@ def test_energy_never_decreases_along_the_sphere_flow(normalise):
     from tokendyn.engine.observables import interaction_energy
 
     gen = torch.Generator().manual_seed(11)
-    x0 = Sphere(3).sample(2, 32, 3, gen, F64)
+    x0 = uniform_sphere(2, 32, 3, gen)
     I3 = torch.eye(3, dtype=F64)
     field = SoftmaxAttention([Head(I3, I3, I3, 2.0)], normalise=normalise)
     energy = lambda x: interaction_energy(x, 2.0)  # noqa: E731

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from tokendyn.app.simulate import simulate
 from tokendyn.cli import app
 from tokendyn.engine.attention import Head, SoftmaxAttention
+from tokendyn.engine.initial import uniform_sphere
 from tokendyn.engine.space import Sphere
 from tokendyn.errors import ConfigError
 from tokendyn.theory.multiscale import (
@@ -168,7 +169,7 @@ def test_alignment_limit_is_approached_as_beta_grows():
     independent flow x = e^{tV}x₀/|·| as β grows (error O(1/β) until the finite-N floor)."""
     from tokendyn.theory.multiscale import alignment_flow, top_eigenspace, transverse_mass
 
-    x0 = Sphere(3).sample(1, 1500, 3, torch.Generator().manual_seed(0), F64)[0]
+    x0 = uniform_sphere(1, 1500, 3, torch.Generator().manual_seed(0))[0]
     eye = torch.eye(3, dtype=F64)
     V = torch.diag(torch.tensor([1.0, 0.5, 0.25], dtype=F64))
     limit = alignment_flow(x0, 1.0, np.eye(3), np.eye(3), V.numpy())
@@ -318,7 +319,7 @@ def test_energy_increases_when_qtk_equals_v_spd():
         ds = simulate(field, Sphere(3), x0, t_end=6.0, dt=0.05, stats=stats)
         return ds["log_energy"].values
 
-    log_e = run(Sphere(3).sample(2, 200, 3, torch.Generator().manual_seed(3), F64))
+    log_e = run(uniform_sphere(2, 200, 3, torch.Generator().manual_seed(3)))
     assert np.diff(log_e, axis=0).min() > -1e-12
     assert (log_e[-1] - log_e[0]).min() > 1.0
 

@@ -26,6 +26,8 @@ _PUBLIC: dict[str, str] = {
     "Sphere": "tokendyn.engine.space",
     "Euclidean": "tokendyn.engine.space",
     "get_space": "tokendyn.engine.space",
+    "uniform_sphere": "tokendyn.engine.initial",
+    "gaussian_cloud": "tokendyn.engine.initial",
     "wrapped_normal_mixture": "tokendyn.engine.initial",
     "beta_from_law": "tokendyn.engine.initial",
     # attention variants (velocity fields)
@@ -111,6 +113,7 @@ __all__ = [
     "cluster_labels",
     "dmft",
     "effective_dimension",
+    "gaussian_cloud",
     "get_backend",
     "get_space",
     "gram_histogram",
@@ -132,6 +135,7 @@ __all__ = [
     "sliced_wasserstein",
     "solve_closure",
     "split_heads",
+    "uniform_sphere",
     "wasserstein",
     "wrapped_normal_mixture",
 ]
@@ -168,7 +172,12 @@ if TYPE_CHECKING:  # what static tools (IDEs, type checkers, the API docs) read
         SoftmaxAttention,
         split_heads,
     )
-    from tokendyn.engine.initial import beta_from_law, wrapped_normal_mixture
+    from tokendyn.engine.initial import (
+        beta_from_law,
+        gaussian_cloud,
+        uniform_sphere,
+        wrapped_normal_mixture,
+    )
     from tokendyn.engine.integrate import Frame, integrate
     from tokendyn.engine.kernels import (
         BACKENDS,

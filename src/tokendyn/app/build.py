@@ -1,6 +1,15 @@
-"""Build the objects of a run from its config: space, attention field, initial cloud."""
+"""Build the objects of a run from its config: space, attention field, initial cloud.
+
+The engine's errors name its own arguments (`centers`, `cov`, `law`, …); `build`, `make_field` and
+`make_space` re-raise them under the config field that set the argument (`ENGINE_FIELDS`), so the
+message names what the user wrote in the TOML file or on the command line.
+"""
 
 from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
 
 import torch
 
@@ -17,17 +26,48 @@ from tokendyn.engine.blocks import (
     heads_from_projections,
     random_mlp,
 )
-from tokendyn.engine.initial import wrapped_normal_mixture
+from tokendyn.engine.device import resolve_device, resolve_dtype
+from tokendyn.engine.initial import gaussian_cloud, uniform_sphere, wrapped_normal_mixture
 from tokendyn.engine.space import Space, get_space
 from tokendyn.errors import ConfigError
 
-DTYPES = {"float64": torch.float64, "float32": torch.float32}
+# engine argument → the config field (and CLI flag --field-name) that sets it
+ENGINE_FIELDS = {
+    "mean": "init_mean",
+    "cov": "init_cov",
+    "centers": "init_centers",
+    "weights": "init_weights",
+    "std": "init_std",
+    "law": "beta_law",
+    "bias": "sigmoid_bias",
+    "form": "sigmoid_form",
+}
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device", "CUDA is not available on this machine", "use --device cpu")
-    return torch.device(name)
+def _config_fields(fn: Callable[P, R]) -> Callable[P, R]:
+    """Re-raise the engine's ConfigErrors under the config fields of ENGINE_FIELDS."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except ConfigError as err:
+            raise err.renamed(ENGINE_FIELDS) from None
+
+    return wrapper
+
+
+def dtype_of(cfg: SimulationConfig) -> torch.dtype:
+    """The run's torch dtype."""
+    return resolve_dtype(cfg.dtype)
+
+
+def device_of(cfg: SimulationConfig) -> torch.device:
+    """The run's torch device (ConfigError naming `device` when CUDA is absent)."""
+    return resolve_device(cfg.device)
 
 
 def make_matrices(
@@ -43,6 +83,7 @@ def make_matrices(
     return Q, K, V
 
 
+@_config_fields
 def make_field(
     cfg: SimulationConfig,
     gen: torch.Generator | None = None,
@@ -56,16 +97,7 @@ def make_field(
         return make_block(cfg, gen)
     beta = cfg.beta if beta is None else beta
     Q, K, V = make_matrices(cfg, gen)
-    if cfg.heads == 1:
-        heads = [Head(Q, K, V, beta)]
-    else:
-        if Q.shape[0] > cfg.d:
-            raise ConfigError(
-                "Q",
-                f"has {Q.shape[0]} rows; multi-head needs at most d={cfg.d}",
-                "give Q, K with at most d rows",
-            )
-        heads = split_heads(Q, K, V, cfg.heads, beta)
+    heads = [Head(Q, K, V, beta)] if cfg.heads == 1 else split_heads(Q, K, V, cfg.heads, beta)
     common = dict(mask=None if cfg.mask == "none" else cfg.mask, backend=cfg.backend)
     cls = VARIANTS[cfg.attention]
     if cfg.attention == "sinkhorn":
@@ -74,19 +106,33 @@ def make_field(
         field = cls(heads, bias=cfg.sigmoid_bias, form=cfg.sigmoid_form, **common)
     else:
         field = cls(heads, normalise=cfg.resolved_normalise, **common)
-    return field.to(DTYPES[cfg.dtype], resolve_device(cfg.device))
+    return field.to(dtype_of(cfg), device_of(cfg))
 
 
+@_config_fields
 def make_space(cfg: SimulationConfig) -> Space:
+    """The configured space (initial Gaussians apply only in R^d)."""
+    if cfg.space == "sphere" and (cfg.init_mean is not None or cfg.init_cov is not None):
+        raise ConfigError(
+            "init_mean" if cfg.init_mean is not None else "init_cov",
+            "initial Gaussians apply only in R^d",
+            "drop init_mean/init_cov or use space = 'euclidean'",
+        )
+    return get_space(cfg.space, cfg.d)
+
+
+@_config_fields
+def initial_cloud(cfg: SimulationConfig, gen: torch.Generator) -> torch.Tensor:
+    """x0 (batch, n, d) in float64 on the CPU from the configured law: a wrapped-normal mixture,
+    uniform on the sphere, or N(init_mean, init_cov) in R^d."""
+    if cfg.init in ("wrapped-normal", "mixture"):
+        centers = cfg.init_centers or [0.0]
+        return wrapped_normal_mixture(
+            cfg.batch, cfg.n, cfg.d, centers, cfg.init_weights, cfg.init_std, gen
+        )
     if cfg.space == "sphere":
-        if cfg.init_mean is not None or cfg.init_cov is not None:
-            raise ConfigError(
-                "init_mean",
-                "initial Gaussians apply only in R^d",
-                "drop init_mean/init_cov or use space = 'euclidean'",
-            )
-        return get_space("sphere", cfg.d)
-    return get_space("euclidean", cfg.d, mean=cfg.init_mean, cov=cfg.init_cov)
+        return uniform_sphere(cfg.batch, cfg.n, cfg.d, gen)
+    return gaussian_cloud(cfg.batch, cfg.n, cfg.d, gen, cfg.init_mean, cfg.init_cov)
 
 
 def build(
@@ -100,14 +146,8 @@ def build(
     gen = torch.Generator().manual_seed(cfg.seed)
     field = make_field(cfg, gen, beta)
     space = make_space(cfg)
-    if cfg.init in ("wrapped-normal", "mixture"):
-        centers = cfg.init_centers or [0.0]
-        x0 = wrapped_normal_mixture(
-            cfg.batch, cfg.n, cfg.d, centers, cfg.init_weights, cfg.init_std, gen
-        )
-    else:
-        x0 = space.sample(cfg.batch, cfg.n, cfg.d, gen, torch.float64)
-    return field, space, x0.to(DTYPES[cfg.dtype]).to(resolve_device(cfg.device))
+    x0 = initial_cloud(cfg, gen)
+    return field, space, x0.to(dtype_of(cfg)).to(device_of(cfg))
 
 
 def _block_heads(
@@ -197,4 +237,4 @@ def make_block(cfg: SimulationConfig, gen: torch.Generator) -> Block:
     else:
         schedule = LayerSchedule([_drawn_layer(cfg, gen)], cfg.layer_time)
     block = Block(schedule, norm=cfg.resolved_norm, norm_type=cfg.norm_type)  # type: ignore[arg-type]
-    return block.to(DTYPES[cfg.dtype], resolve_device(cfg.device))
+    return block.to(dtype_of(cfg), device_of(cfg))

@@ -12,11 +12,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tokendyn.errors import ConfigError
+from tokendyn.errors import ConfigError, validation_error
 
 Matrix = list[list[float]]
+# The statistics a run can save (field `stats`; bound to the run in app/pipeline.py).
+STATISTICS = ("clusters", "effective_dim", "energy")
 
 
 class LayerTable(BaseModel):
@@ -37,7 +39,7 @@ class LayerTable(BaseModel):
 class SimulationConfig(BaseModel):
     """One particle simulation: tokens under self-attention, integrated from t=0 to t_end."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     attention: Literal["softmax", "l2", "sinkhorn", "sigmoid"] = Field(
         "softmax", description="attention variant: softmax, l2, sinkhorn or sigmoid"
@@ -193,6 +195,22 @@ class SimulationConfig(BaseModel):
             raise ValueError(f"dt: dt={self.dt} does not divide {field}={piece}; choose dt = τ/k")
         return self
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans(cls, value: Any) -> Any:
+        """No field is a boolean; pydantic would read true/false as 1/0 (`n = true` → N = 1)."""
+        if _has_bool(value):
+            raise ValueError("is a boolean (true/false), not a number or a name")
+        return value
+
+    @field_validator("stats")
+    @classmethod
+    def _known_stats(cls, names: list[str]) -> list[str]:
+        unknown = [name for name in names if name not in STATISTICS]
+        if unknown:
+            raise ValueError(f"unknown statistic(s) {unknown}; use {', '.join(STATISTICS)}")
+        return names
+
     @model_validator(mode="after")
     def _beta_from_law(self) -> SimulationConfig:
         """With beta_law, β is β_N; an explicit different β is a contradiction."""
@@ -202,15 +220,8 @@ class SimulationConfig(BaseModel):
 
         try:
             value = beta_from_law(self.beta_law, self.n)
-        except ConfigError:
-            raise ValueError(
-                f"beta_law: cannot read {self.beta_law!r}; write 'c*log(N)' "
-                "(e.g. '3*log(N)') or 'c*N**a' (e.g. 'N**0.5')"
-            ) from None
-        if not value > 0:
-            raise ValueError(
-                f"beta_law: gives β = {value:g} ≤ 0 at N = {self.n}; use a law with β > 0"
-            )
+        except ConfigError as err:
+            raise ValueError(f"beta_law: {err.problem}; {err.fix}") from None
         if "beta" in self.model_fields_set and abs(self.beta - value) > 1e-12 * value:
             raise ValueError(
                 f"beta: {self.beta:g} contradicts beta_law ({value:g} at N = {self.n}); "
@@ -245,7 +256,8 @@ class SimulationConfig(BaseModel):
                 "(R^d clouds are Gaussian: init_mean, init_cov)"
             )
         if self.init is None and (self.init_centers or self.init_weights):
-            raise ValueError("init_centers: given without init; add init = 'mixture'")
+            given = "init_centers" if self.init_centers else "init_weights"
+            raise ValueError(f"{given}: given without init; add init = 'mixture'")
         if self.init == "mixture" and not self.init_centers:
             raise ValueError("init_centers: a mixture needs its centres; give init_centers")
         if self.init_weights is not None and len(self.init_weights) != len(
@@ -262,13 +274,38 @@ class SimulationConfig(BaseModel):
             raise ValueError(
                 "normalise: Sinkhorn attention is normalised by its marginals; use 'softmax'"
             )
+        self._check_matrices()
+        return self
+
+    def _check_matrices(self) -> None:
+        """Q, K: k×d with the same shape (k ≤ d with several heads); V: d×d."""
         for name in ("Q", "K", "V"):
             value = getattr(self, name)
             if value is not None and (not value or len({len(r) for r in value}) != 1):
                 raise ValueError(f"{name}: rows have different lengths; give a rectangular matrix")
             if value is not None and any(not math.isfinite(v) for r in value for v in r):
                 raise ValueError(f"{name}: contains NaN or Inf; give finite entries")
-        return self
+            if value is not None and len(value[0]) != self.d:
+                raise ValueError(
+                    f"{name}: has {len(value[0])} columns but d = {self.d}; "
+                    f"give a matrix with d = {self.d} columns"
+                )
+        if self.V is not None and len(self.V) != self.d:
+            raise ValueError(
+                f"V: has shape ({len(self.V)}, {self.d}), expected ({self.d}, {self.d}); "
+                "give a square d×d value matrix"
+            )
+        if self.Q is not None and self.K is not None and len(self.Q) != len(self.K):
+            raise ValueError(
+                f"K: has {len(self.K)} rows but Q has {len(self.Q)}; give Q and K the same shape"
+            )
+        for name in ("Q", "K"):
+            value = getattr(self, name)
+            if value is not None and self.heads > 1 and len(value) > self.d:
+                raise ValueError(
+                    f"{name}: has {len(value)} rows; several heads need at most d = {self.d}; "
+                    f"give {name} at most d rows"
+                )
 
     @property
     def n_steps(self) -> int:
@@ -324,30 +361,14 @@ def make_config(**fields: Any) -> SimulationConfig:
 
 
 def config_error(err: ValidationError) -> ConfigError:
-    problems, first, only = [], None, None
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"])
-        field = loc or str(e.get("msg", "")).split(":", 1)[0].removeprefix("Value error, ")
-        first = first or field
-        hint = ""
-        described = SimulationConfig.model_fields.get(loc)
-        if described is not None and described.description:
-            hint = f" (expected: {described.description})"
-        if e["type"] == "extra_forbidden":
-            valid = ", ".join(SimulationConfig.model_fields)
-            only = f"unknown field; valid fields are {valid}"
-            problems.append(f"{loc}: {only}")
-        else:
-            message = e["msg"].removeprefix("Value error, ")
-            if loc:
-                problems.append(f"{loc}: {message}{hint}")
-                only = f"{message}{hint}"
-            else:  # model-level checks already start with their field name
-                problems.append(message)
-                only = message.split(": ", 1)[-1]
-    if len(problems) == 1:
-        return ConfigError(first or "config", only or problems[0], "correct this field")
-    return ConfigError(first or "config", "; ".join(problems), "correct the fields named above")
+    """pydantic's errors for a SimulationConfig as one ConfigError naming every bad field."""
+    return validation_error(err, SimulationConfig.model_fields)
+
+
+def _has_bool(value: Any) -> bool:
+    if isinstance(value, list | tuple):
+        return any(_has_bool(v) for v in value)
+    return isinstance(value, bool)
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:

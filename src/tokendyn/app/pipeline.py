@@ -23,10 +23,6 @@ from tokendyn.engine.attention import AttentionField
 from tokendyn.engine.integrate import Statistic, Velocity
 from tokendyn.engine.observables import LogEnergy, cluster_count, effective_dimension
 from tokendyn.engine.space import Space
-from tokendyn.errors import ConfigError
-
-# The statistics a run can save (config field `stats`); `energy` is stored as log E (LogEnergy).
-STATISTICS = ("clusters", "effective_dim", "energy")
 
 
 def statistics(cfg: SimulationConfig, field: AttentionField) -> dict[str, Statistic]:
@@ -37,11 +33,6 @@ def statistics(cfg: SimulationConfig, field: AttentionField) -> dict[str, Statis
     - clusters: components at distance cfg.cluster_threshold (cluster_count);
     - effective_dim: the participation ratio of the covariance (effective_dimension).
     """
-    unknown = [name for name in cfg.stats if name not in STATISTICS]
-    if unknown:
-        raise ConfigError(
-            "stats", f"unknown statistic {unknown[0]!r}", f"use one of {', '.join(STATISTICS)}"
-        )
     bound: dict[str, Statistic] = {
         "energy": LogEnergy(field),
         "clusters": functools.partial(cluster_count, threshold=cfg.cluster_threshold),

@@ -10,7 +10,7 @@ import torch.distributed as dist
 import xarray as xr
 
 from tokendyn._version import __version__
-from tokendyn.app.build import DTYPES, resolve_device
+from tokendyn.app.build import device_of, dtype_of
 from tokendyn.app.config import SimulationConfig
 from tokendyn.app.pipeline import build_run, simulate_run
 from tokendyn.app.store import (
@@ -21,7 +21,7 @@ from tokendyn.app.store import (
     truncate_incomplete_frames,
 )
 from tokendyn.engine.distributed import ShardedField, process_group
-from tokendyn.errors import StoreError
+from tokendyn.errors import ConfigError, StoreError
 
 # Fields that may differ between a stored run and its resumption.
 RESUMABLE_CHANGES = {"t_end"}
@@ -45,6 +45,12 @@ def run_simulation(
         raise StoreError(
             "resume: there is nothing to resume without --out. Fix: give --out PATH.zarr"
         )
+    if distributed and cfg.mask == "causal":
+        raise ConfigError(
+            "mask",
+            "causal attention is not sharded over processes",
+            "run causal attention without --distributed, or use mask = 'none'",
+        )
     if not distributed:
         return _run(cfg, out, resume, overwrite, progress, sharded=False)
     with process_group(cfg.device):
@@ -63,7 +69,14 @@ def _run(
     lead = not sharded or dist.get_rank() == 0  # the one process that writes
     velocity = ShardedField(system.field) if sharded else system.field
     attrs = {"config": cfg.to_json(), "tokendyn_version": __version__, "field": velocity.describe()}
-    kwargs = dict(velocity=velocity, with_stats=lead, progress=progress and lead, attrs=attrs)
+    positions = cfg.mask == "causal"  # store each token's position s_i = i/N
+    kwargs = dict(
+        velocity=velocity,
+        with_stats=lead,
+        progress=progress and lead,
+        attrs=attrs,
+        positions=positions,
+    )
     batched = cfg.batch > 1
     if out is None:
         return simulate_run(system, **kwargs)
@@ -76,16 +89,12 @@ def _run(
     if start[0] == "append":
         ds = open_run(out)
         start_step = int(ds["step"].values[-1])
-        dtype, device = DTYPES[cfg.dtype], resolve_device(cfg.device)
+        dtype, device = dtype_of(cfg), device_of(cfg)
         x_start = torch.as_tensor(ds["x"].isel(time=-1).values, dtype=dtype, device=device)
     sink = None
     if lead:
         sink = ZarrSink(
-            out,
-            batched=batched,
-            attrs=attrs,
-            positions=cfg.mask == "causal",
-            append=start[0] == "append",
+            out, batched=batched, attrs=attrs, positions=positions, append=start[0] == "append"
         )
     simulate_run(system, x_start=x_start, sink=sink, start_step=start_step, keep=False, **kwargs)
     if sharded:

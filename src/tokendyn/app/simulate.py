@@ -69,12 +69,14 @@ def simulate(
     keep: bool = True,
     progress: bool = False,
     attrs: Mapping[str, str] | None = None,
+    positions: bool = False,
 ) -> xr.Dataset | None:
     """Integrate the cloud x0 ((N, d) or (B, N, d)) from step `start_step` to t_end.
 
     ẋ_i = P_{x_i} Γ[μ](x_i) with a fixed-step scheme (`tokendyn.engine.integrate`). Frames are
     saved at steps 0, k, 2k, … (k = save_every) and at the last step; each goes to `sink` at once.
-    Returns the Dataset of the frames saved by this call (None if keep=False). Raises
+    Returns the Dataset of the frames saved by this call (None if keep=False), with the coordinate
+    `position` s_i = i/N of each token when positions=True (causal attention). Raises
     NonFiniteStateError (after the sink has every earlier frame) if NaN/Inf appears.
     """
     frames: list[Frame] = []
@@ -103,7 +105,6 @@ def simulate(
     if not keep or not frames:
         return None
     batched = x0.dim() == 3 and x0.shape[0] > 1
-    positions = getattr(field_fn, "mask", None) == "causal"
     meta = dict(attrs or {})
     meta.setdefault("method", method)
     meta.setdefault("dt", json.dumps(dt))

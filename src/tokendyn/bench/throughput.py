@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from tokendyn.engine.device import resolve_device, resolve_dtype
 from tokendyn.engine.kernels import BACKENDS, get_backend
 from tokendyn.errors import ConfigError
 
@@ -44,12 +45,6 @@ CONTRACT_KEYS = (
     "peak_mem_bytes",
 )
 BENCH_BACKENDS = ("naive", *BACKENDS)
-DTYPES = {
-    "float32": torch.float32,
-    "float64": torch.float64,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-}
 BETA = 1.0
 DT = 0.1
 SEED = 0
@@ -83,24 +78,6 @@ def _best_seconds(fn: Callable[[], object], device: torch.device, trials: int) -
     return best
 
 
-def _check_device(device: str) -> torch.device:
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise ConfigError("device", f"unknown device {device!r}", "use 'cpu' or 'cuda'") from err
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device", "cuda requested but CUDA is not available", "use device='cpu'")
-    if dev.type not in ("cpu", "cuda"):
-        raise ConfigError("device", f"unsupported device type {dev.type!r}", "use 'cpu' or 'cuda'")
-    return dev
-
-
-def _check_dtype(name: str) -> torch.dtype:
-    if name not in DTYPES:
-        raise ConfigError("dtype", f"unknown dtype {name!r}", f"use one of {', '.join(DTYPES)}")
-    return DTYPES[name]
-
-
 def _check_backend(name: str) -> str:
     if name not in BENCH_BACKENDS:
         raise ConfigError(
@@ -123,8 +100,8 @@ def measure_peaks(device: str | torch.device, dtype: str) -> dict[str, float]:
     repeated EXP_REPEATS times per trial (a 2^24-element tensor would measure memory bandwidth,
     not the exponential).
     """
-    dev = _check_device(str(device))
-    tdtype = _check_dtype(dtype)
+    dev = resolve_device(str(device))
+    tdtype = resolve_dtype(dtype)
     gen = torch.Generator().manual_seed(SEED)
     a = torch.randn(GEMM_SIZE, GEMM_SIZE, generator=gen).to(dev, tdtype)
     b = torch.randn(GEMM_SIZE, GEMM_SIZE, generator=gen).to(dev, tdtype)
@@ -298,9 +275,9 @@ def run_bench(
     on one further run. Sizes above naive_max_n (naive) or dense_max_n (dense) are skipped.
     Arguments are validated on the call, before anything runs.
     """
-    dev = _check_device(device)
+    dev = resolve_device(device)
     for name in dtypes:
-        _check_dtype(name)
+        resolve_dtype(name)
     for name in backends:
         _check_backend(name)
     for n in ns:
@@ -331,7 +308,7 @@ def _rows(
                 for backend in backends:
                     if n > limits.get(backend, n):
                         continue
-                    x = _cloud(n, d, DTYPES[dtype], device)
+                    x = _cloud(n, d, resolve_dtype(dtype), device)
                     unit = _workload(_attention(backend), x, steps)
                     unit()  # warm-up
                     seconds = _best_seconds(unit, device, repeats) / (steps or 1)
@@ -352,8 +329,8 @@ def bench_large(
     Target: n = 200 000, d = 3 on CPU with peak memory under 1 GB. A warm-up at n = 256 compiles
     the fused kernel first. Returns a row with the contract keys plus kind="step".
     """
-    dev = _check_device(device)
-    tdtype = _check_dtype(dtype)
+    dev = resolve_device(device)
+    tdtype = resolve_dtype(dtype)
     _check_backend(backend)
     _check_positive("n", n)
     _check_positive("d", d)

@@ -9,8 +9,9 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
-from tokendyn.errors import TokendynError
+from tokendyn.errors import ConfigError, TokendynError
 
 err_console = Console(stderr=True)
 
@@ -23,10 +24,17 @@ def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except TokendynError as err:
-            err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+            message = escape(str(err))  # the text is shown as is: "[base]" is not Rich markup
+            err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
             raise typer.Exit(code=2) from None
 
     return wrapper
+
+
+def require(field: str, ok: bool, value: object, fix: str) -> None:
+    """Refuse an option's value unless `ok`: one line naming the option's field and the fix."""
+    if not ok:
+        raise ConfigError(field, f"is {value}", fix)
 
 
 def parse_numbers(field: str, text: str | None) -> list[float] | None:

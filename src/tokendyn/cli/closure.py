@@ -11,7 +11,7 @@ import typer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from tokendyn.app.config import load_toml
-from tokendyn.errors import ConfigError
+from tokendyn.errors import validation_error
 from tokendyn.theory import make_closure, solve_closure
 from tokendyn.theory.gaussian import check_variant
 
@@ -50,21 +50,7 @@ def load_closure_config(path: str | Path) -> ClosureConfig:
     try:
         cfg = ClosureConfig(**load_toml(path))
     except ValidationError as err:
-        problems, first = [], None
-        for e in err.errors():
-            loc = ".".join(str(p) for p in e["loc"]) or "config"
-            first = first or loc
-            if e["type"] == "extra_forbidden":
-                valid = ", ".join(ClosureConfig.model_fields)
-                problems.append(f"{loc}: unknown field; valid fields are {valid}")
-            elif e["type"] == "missing":
-                described = ClosureConfig.model_fields[loc].description
-                problems.append(f"{loc}: missing (expected: {described})")
-            else:
-                problems.append(f"{loc}: {e['msg'].removeprefix('Value error, ')}")
-        raise ConfigError(
-            first or "config", "; ".join(problems), "correct the field(s) named above"
-        ) from None
+        raise validation_error(err, ClosureConfig.model_fields) from None
     check_variant(cfg.attention)  # sigmoid/masked: explains why there is no closure
     return cfg
 

@@ -5,12 +5,13 @@ bifurcation, finite). JSON outputs are a contract; defaults follow the spec's pr
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from tokendyn.cli._common import choices
+from tokendyn.cli._common import choices, require
 
 Start = choices("zoom", "full", "x0")
 Protocol = choices("v1", "continuation")
@@ -28,6 +29,14 @@ TransientOpt = Annotated[
 GammaOpt = Annotated[float, typer.Option(help="attention gain γ (paper: 220)")]
 EpsOpt = Annotated[float, typer.Option("--epsilon", help="positional share ε (paper: 0.02)")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON object")]
+
+
+def _check_steps(n_record: int, n_transient: int | None) -> None:
+    """The recorded and transient step counts every command takes."""
+    require("n_record", n_record >= 1, n_record, "use --n-record ≥ 1")
+    require(
+        "n_transient", n_transient is None or n_transient >= 0, n_transient, "use --n-transient ≥ 0"
+    )
 
 
 def _model(gamma: float, epsilon: float):
@@ -60,6 +69,7 @@ def register(app: typer.Typer) -> None:
         """Lyapunov spectrum (largest first), regime, amplitude max|m^o_1| and period at one β."""
         from tokendyn.theory.dmft.runs import lyapunov_summary
 
+        _check_steps(n_record, n_transient)
         out = lyapunov_summary(beta, start.value, n_record, n_transient, _model(gamma, epsilon))
         if as_json:
             print(json.dumps(out))
@@ -86,6 +96,7 @@ def register(app: typer.Typer) -> None:
         from tokendyn.errors import ConfigError
         from tokendyn.theory.dmft.runs import record
 
+        _check_steps(n_record, n_transient)
         if not 1 <= steps <= n_record:
             raise ConfigError("steps", f"is {steps}", f"use 1 ≤ steps ≤ n_record = {n_record}")
         mo = record(beta, start.value, n_record, n_transient, _model(gamma, epsilon))[-steps:]
@@ -125,14 +136,24 @@ def register(app: typer.Typer) -> None:
         bifurcation_m{1,2,3}.png and summary.json into --out."""
         import numpy as np
 
-        from tokendyn.errors import ConfigError
         from tokendyn.theory.dmft.bifurcation import sweep
         from tokendyn.viz.dmft import plot_bifurcation
 
-        if num < 1 or beta_max < beta_min:
-            raise ConfigError(
-                "num", f"is {num} on [{beta_min}, {beta_max}]", "use num ≥ 1, min ≤ max"
-            )
+        _check_steps(n_record, n_transient)
+        require("beta_min", math.isfinite(beta_min) and beta_min >= 0, beta_min, "use β ≥ 0")
+        require(
+            "beta_max",
+            math.isfinite(beta_max) and beta_max >= beta_min,
+            beta_max,
+            f"use a finite --beta-max ≥ --beta-min = {beta_min}",
+        )
+        require("num", num >= 1, num, "use --num ≥ 1")
+        require(
+            "colour_max_y",
+            colour_max_y is None or (math.isfinite(colour_max_y) and colour_max_y > 0),
+            colour_max_y,
+            "use the global max |m^o| (> 0)",
+        )
         ds = sweep(
             _model(gamma, epsilon),
             np.linspace(beta_min, beta_max, num),
@@ -186,6 +207,9 @@ def register(app: typer.Typer) -> None:
         from tokendyn.theory.dmft.finite import finite_stats
         from tokendyn.theory.dmft.model import Params
 
+        _check_steps(n_record, n_transient)
+        require("seed", seed >= 0, seed, "use --seed ≥ 0")
+        require("tol", math.isfinite(tol) and tol > 0, tol, "use a finite --tol > 0")
         res = finite_stats(
             beta,
             [n_se],

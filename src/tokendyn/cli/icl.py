@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from tokendyn.cli._common import choices, default_threads
+from tokendyn.cli._common import choices, default_threads, require
 from tokendyn.errors import ConfigError
 
 SettingChoice = choices("cpu", "paper", "bushy")
@@ -71,8 +71,9 @@ def register(app: typer.Typer) -> None:
         from tokendyn.theory.icl.theory import run_policy
 
         Ls = _int_list(depths, "depths")
-        if n_seq < 2:
-            raise ConfigError("n_seq", "needs at least 2 sequences", "use --n-seq ≥ 2")
+        require("heads", heads >= 1, heads, "use --heads ≥ 1")
+        require("n_seq", n_seq >= 2, n_seq, "use --n-seq ≥ 2")
+        require("seed", seed >= 0, seed, "use --seed ≥ 0")
         s = get_setting(setting.value)
         res = run_policy(
             make_prior(s, prior.value), s.sigma, s.N, policy.value, max(Ls), heads, n_seq, seed
@@ -105,8 +106,8 @@ def register(app: typer.Typer) -> None:
         from tokendyn.theory.icl.baselines import all_baselines
         from tokendyn.theory.icl.tasks import sample_tasks
 
-        if n_seq < 2:
-            raise ConfigError("n_seq", "needs at least 2 sequences", "use --n-seq ≥ 2")
+        require("n_seq", n_seq >= 2, n_seq, "use --n-seq ≥ 2")
+        require("seed", seed >= 0, seed, "use --seed ≥ 0")
         s = get_setting(setting.value)
         p = make_prior(s, prior.value)
         test = sample_tasks(p, s.N, s.sigma, n_seq, np.random.default_rng(seed))
@@ -147,25 +148,21 @@ def register(app: typer.Typer) -> None:
         """Train a model (several seeds, best validation kept); test MSE and level-k probes."""
         import numpy as np
 
+        from tokendyn.engine.device import resolve_device
         from tokendyn.theory.icl import get_setting, make_prior
         from tokendyn.theory.icl.priors import TreePrior
         from tokendyn.theory.icl.probes import probe_model
         from tokendyn.theory.icl.tasks import sample_tasks
-        from tokendyn.theory.icl.train import (
-            evaluate_mse,
-            make_test_set,
-            resolve_device,
-            train_config,
-        )
+        from tokendyn.theory.icl.train import evaluate_mse, make_test_set, train_config
         from tokendyn.theory.icl.train import train as train_model
 
         seed_list = [int(v) for v in seeds.split(",") if v.strip().isdigit()]
         if not seed_list or len(seed_list) != len([v for v in seeds.split(",") if v.strip()]):
             raise ConfigError("seeds", f"{seeds!r} is not a list of integers ≥ 0", "write e.g. 0,1")
-        if n_probe < 100:
-            raise ConfigError("n_probe", "needs at least 100 sequences", "use --n-probe ≥ 100")
-        if n_test < 10:
-            raise ConfigError("n_test", "needs at least 10 sequences", "use --n-test ≥ 10")
+        require("depth", depth >= 1, depth, "use --depth ≥ 1")
+        require("heads", heads >= 1, heads, "use --heads ≥ 1")
+        require("n_probe", n_probe >= 100, n_probe, "use --n-probe ≥ 100")
+        require("n_test", n_test >= 10, n_test, "use --n-test ≥ 10")
         s = get_setting(setting.value)
         p = make_prior(s, prior.value)
         cfg = train_config(
@@ -177,7 +174,7 @@ def register(app: typer.Typer) -> None:
             device=device.value,
             progress=not as_json,
         )
-        dev = resolve_device(cfg.device)
+        dev = str(resolve_device(cfg.device))
         default_threads(ctx, cfg.threads)
         res = train_model(s, p, model.value, depth, heads, cfg, out, ff_kind=ff_kind.value)
         test = make_test_set(s, p, n_test)

@@ -35,7 +35,6 @@ class ShardedField:
 
     def __init__(self, field: AttentionField) -> None:
         self.field = field
-        self.mask = field.mask
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -61,7 +60,7 @@ def process_group(device: str) -> Iterator[torch.device]:
         raise ConfigError(
             "distributed",
             f"not started by torchrun ({', '.join(missing)} unset)",
-            "launch with: torchrun --nproc-per-node K -m tokendyn simulate ... --distributed",
+            "launch the processes with torchrun (e.g. torchrun --nproc-per-node K ...)",
         )
     if device == "cuda":
         local = int(os.environ.get("LOCAL_RANK", "0"))

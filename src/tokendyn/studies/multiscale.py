@@ -14,7 +14,7 @@ from matplotlib.ticker import NullLocator
 
 from tokendyn.app.simulate import simulate
 from tokendyn.engine.attention import Head, SoftmaxAttention
-from tokendyn.engine.initial import wrapped_normal_mixture
+from tokendyn.engine.initial import uniform_sphere, wrapped_normal_mixture
 from tokendyn.engine.observables import cluster_count
 from tokendyn.engine.space import Sphere
 from tokendyn.studies.common import Check, Section
@@ -43,7 +43,7 @@ F64 = torch.float64
 def alignment_errors(betas: list[float], n: int, seed: int = 0) -> list[float]:
     """RMS distance at t = 1 between SA tokens (Scenario 1a: Q = K = I, V = diag(1, ½, ¼)) and the
     β → ∞ flow x = e^{tV}x₀/|·|."""
-    x0 = Sphere(3).sample(1, n, 3, torch.Generator().manual_seed(seed), F64)[0]
+    x0 = uniform_sphere(1, n, 3, torch.Generator().manual_seed(seed))[0]
     eye = torch.eye(3, dtype=F64)
     V = torch.diag(torch.tensor([1.0, 0.5, 0.25], dtype=F64))
     limit = alignment_flow(x0, 1.0, np.eye(3), np.eye(3), V.numpy())
@@ -78,7 +78,7 @@ def heat_increments(
 
 def clusters_from_uniform(beta: float, n: int, seed: int = 0) -> int:
     """Clusters (gap 0.05) at t = 12 from N uniform tokens on S¹, Q = K = V = I."""
-    x0 = Sphere(2).sample(1, n, 2, torch.Generator().manual_seed(seed), F64)[0]
+    x0 = uniform_sphere(1, n, 2, torch.Generator().manual_seed(seed))[0]
     eye = torch.eye(2, dtype=F64)
     ds = simulate(
         SoftmaxAttention([Head(eye, eye, eye, beta)]),

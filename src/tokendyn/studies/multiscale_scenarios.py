@@ -26,7 +26,7 @@ from scipy.special import ive
 from tokendyn.app.phases import log_normalised_energy, macroscopic_clusters
 from tokendyn.app.simulate import simulate
 from tokendyn.engine.attention import Head, SoftmaxAttention
-from tokendyn.engine.initial import wrapped_normal_mixture
+from tokendyn.engine.initial import uniform_sphere, wrapped_normal_mixture
 from tokendyn.engine.observables import effective_dimension
 from tokendyn.engine.space import Sphere
 from tokendyn.studies.common import Check
@@ -78,7 +78,7 @@ def rotation_rate(times: np.ndarray, frames: np.ndarray) -> float:
 def scenario_1(quick: bool, out_dir: Path) -> tuple[list[Check], Figures]:
     """Scenarios 1a and 1b: snapshots at t ∈ {0, 0.5, 1.5, 5}, ε_⊥ and PR against the β → ∞ flow."""
     n, beta, dt = (2000 if quick else 10_000), 30.0, 0.01
-    x0 = Sphere(3).sample(1, n, 3, torch.Generator().manual_seed(3), F64)[0]
+    x0 = uniform_sphere(1, n, 3, torch.Generator().manual_seed(3))[0]
     eye = np.eye(3)
     checks: list[Check] = []
     fig = Figure(figsize=(16, 8.2))

@@ -20,14 +20,7 @@ import numpy as np
 import torch
 
 from tokendyn.app.simulate import simulate
-from tokendyn.engine.attention import (
-    Head,
-    L2Attention,
-    SigmoidAttention,
-    SinkhornAttention,
-    SoftmaxAttention,
-    split_heads,
-)
+from tokendyn.engine.attention import VARIANTS, Head, split_heads
 from tokendyn.engine.attention.base import AttentionField
 from tokendyn.engine.observables import wasserstein
 from tokendyn.engine.space import Euclidean
@@ -42,18 +35,13 @@ def limit_field(variant: str, Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor,
                 ) -> AttentionField:  # fmt: skip
     """The core engine's field for one of LIMIT_VARIANTS (multihead: H = 2 row blocks)."""
     head = [Head(Q, K, V, beta)]
-    if variant == "softmax":
-        return SoftmaxAttention(head)
     if variant == "multihead":
-        return SoftmaxAttention(split_heads(Q, K, V, 2, beta))
-    if variant == "l2":
-        return L2Attention(head)
-    if variant == "sinkhorn":
-        return SinkhornAttention(head, tol=1e-9)
-    if variant == "sigmoid":
-        return SigmoidAttention(head, bias=0.0)
+        return VARIANTS["softmax"](split_heads(Q, K, V, 2, beta))
     if variant == "masked":
-        return SoftmaxAttention(head, mask="causal")
+        return VARIANTS["softmax"](head, mask="causal")
+    options = {"sinkhorn": {"tol": 1e-9}}
+    if variant in VARIANTS:
+        return VARIANTS[variant](head, **options.get(variant, {}))
     raise ConfigError("variant", f"unknown variant {variant!r}", f"use {', '.join(LIMIT_VARIANTS)}")
 
 

@@ -19,6 +19,7 @@ import torch
 from scipy.integrate import solve_ivp
 
 from tokendyn.app.simulate import simulate
+from tokendyn.engine.initial import gaussian_cloud
 from tokendyn.engine.observables import bures_wasserstein, mean_and_covariance
 from tokendyn.engine.space import Euclidean
 from tokendyn.theory.gaussian import GaussianClosure
@@ -28,11 +29,8 @@ F64 = torch.float64
 
 def sample_gaussian(mean: object, cov: object, batch: int, n: int, seed: int) -> torch.Tensor:
     """batch clouds of n i.i.d. tokens from N(mean, cov), float64, shape (batch, n, d)."""
-    mean_t = torch.as_tensor(mean, dtype=F64)
-    gen = torch.Generator().manual_seed(seed)
-    return Euclidean(mean_t, torch.as_tensor(cov, dtype=F64)).sample(
-        batch, n, mean_t.numel(), gen, F64
-    )
+    d = torch.as_tensor(mean, dtype=F64).numel()
+    return gaussian_cloud(batch, n, d, torch.Generator().manual_seed(seed), mean, cov)
 
 
 def mc_moment_rates(

@@ -27,14 +27,9 @@ from typing import Literal
 import numpy as np
 import torch
 
-from tokendyn.engine.attention import (
-    Head,
-    L2Attention,
-    SinkhornAttention,
-    SoftmaxAttention,
-    split_heads,
-)
+from tokendyn.engine.attention import VARIANTS, Head, split_heads
 from tokendyn.engine.attention.base import AttentionField, check_head
+from tokendyn.engine.linalg import psd_sqrt as engine_psd_sqrt
 from tokendyn.errors import ConfigError
 
 Variant = Literal["softmax", "multihead", "l2", "sinkhorn"]
@@ -167,10 +162,10 @@ class GaussianClosure:
             return Head(_torch(Q), _torch(K), _torch(h.C), h.beta * scale)
 
         if self.attention == "sinkhorn":
-            return SinkhornAttention(
+            return VARIANTS["sinkhorn"](
                 [head(h, 1.0 / self.eps) for h in self.heads], tol=sinkhorn_tol, backend=backend
             )
-        cls = L2Attention if self.attention == "l2" else SoftmaxAttention
+        cls = VARIANTS["softmax" if self.attention == "multihead" else self.attention]
         return cls([head(h) for h in self.heads], backend=backend)
 
 
@@ -188,9 +183,9 @@ def _mv(M: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 
 def psd_sqrt(cov: np.ndarray) -> np.ndarray:
-    """Principal square root of a symmetric PSD matrix (negative round-off eigenvalues → 0)."""
-    lam, U = np.linalg.eigh(0.5 * (cov + _t(cov)))
-    return (U * np.sqrt(np.clip(lam, 0.0, None))[..., None, :]) @ _t(U)
+    """The engine's principal square root (`tokendyn.engine.linalg.psd_sqrt`) of a (batch of)
+    symmetric PSD matrices, on numpy float64 arrays."""
+    return engine_psd_sqrt(torch.from_numpy(np.asarray(cov, dtype=np.float64))).numpy()
 
 
 def make_closure(

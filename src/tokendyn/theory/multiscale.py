@@ -36,7 +36,9 @@ from scipy.integrate import quad, solve_ivp
 from scipy.linalg import expm, schur
 from scipy.special import ive, lambertw
 
+from tokendyn.engine.integrate import rk4_step
 from tokendyn.engine.observables import pair_logsumexp
+from tokendyn.engine.space import Sphere
 from tokendyn.errors import ConfigError
 
 F64 = torch.float64
@@ -64,7 +66,8 @@ def alignment_flow(
     x0: torch.Tensor, t: float, Q: np.ndarray, K: np.ndarray, V: np.ndarray, dt: float = 1e-3
 ) -> torch.Tensor:
     """The β → ∞ per-token flow at time t. KᵀQ = cI: closed form x = e^{tM/c}x₀/|·|; otherwise the
-    limit field ẋ = P_x(Mx)/|KᵀQx| is integrated (RK4, step dt), tokens independently."""
+    limit field ẋ = P_x(Mx)/|KᵀQx| is integrated (the engine's RK4 with the sphere's retraction,
+    step ≤ dt), tokens independently."""
     A = np.asarray(K, dtype=float).T @ np.asarray(Q, dtype=float)
     M = np.asarray(V, dtype=float) @ A
     c = A[0, 0]
@@ -72,21 +75,14 @@ def alignment_flow(
         y = x0 @ torch.as_tensor(expm(t * M / c), dtype=x0.dtype).T
         return y / y.norm(dim=-1, keepdim=True)
     M_t, A_t = (torch.as_tensor(m, dtype=x0.dtype) for m in (M, A))
+    sphere = Sphere()
 
     def field(x: torch.Tensor) -> torch.Tensor:
-        v = x @ M_t.T
-        v = v - (v * x).sum(-1, keepdim=True) * x
-        return v / (x @ A_t.T).norm(dim=-1, keepdim=True)
+        return sphere.project(x, x @ M_t.T) / (x @ A_t.T).norm(dim=-1, keepdim=True)
 
     x, steps = x0.clone(), max(1, math.ceil(t / dt))
-    h = t / steps
     for _ in range(steps):
-        k1 = field(x)
-        k2 = field(x + h / 2 * k1)
-        k3 = field(x + h / 2 * k2)
-        k4 = field(x + h * k3)
-        x = x + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
-        x = x / x.norm(dim=-1, keepdim=True)
+        x = sphere.retract(rk4_step(field, x, t / steps))
     return x
 
 

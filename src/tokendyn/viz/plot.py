@@ -7,7 +7,6 @@ saves it as well when `path` is given. Batched runs show batch element `batch` (
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,6 +17,7 @@ from matplotlib.axes import Axes
 from matplotlib.collections import LineCollection, PathCollection
 from matplotlib.figure import Figure
 
+from tokendyn.app.store import stored_config
 from tokendyn.engine.observables import gram_histogram
 from tokendyn.errors import ConfigError
 
@@ -72,8 +72,8 @@ def _select_batch(var: xr.DataArray, batch: int) -> xr.DataArray:
 def beta_of(ds: xr.Dataset) -> float | None:
     """β from the JSON `config` attribute, or None if there is none."""
     try:
-        return float(json.loads(ds.attrs["config"])["beta"])
-    except (KeyError, TypeError, ValueError):
+        return float(stored_config(ds)["beta"])
+    except (KeyError, TypeError, ValueError):  # StoreError is a ValueError
         return None
 
 

@@ -106,7 +106,7 @@ def check_head(head: Head, d: int, index: int = 0) -> None:
         raise ConfigError(
             "beta",
             f"is {head.beta}, it must be a finite number > 0 (or a 1-D tensor of them)",
-            "use e.g. --beta 1.0",
+            "give each head a finite β > 0, e.g. beta=1.0",
         )
 
 
@@ -118,6 +118,12 @@ def split_heads(
     rows outside block h set to zero). If Q has fewer rows, later heads get empty Q_h, K_h (A_h = 0,
     i.e. uniform attention)."""
     d = V.shape[1]
+    if V.shape != (d, d):
+        raise ConfigError(
+            "V",
+            f"has shape {tuple(V.shape)}; the row-block split needs a square ({d}, {d}) matrix",
+            "give a square d×d value matrix",
+        )
     if heads < 1 or d % heads:
         raise ConfigError(
             "heads",
@@ -232,7 +238,7 @@ class AttentionField(ABC):
         raise ConfigError(
             "mask",
             "causal attention is not evaluated on a subset of query tokens",
-            "run causal attention in one process (without --distributed)",
+            "evaluate causal attention on all query tokens (rows=None), in one process",
         )
 
     def unnormalise(self, out: torch.Tensor, log_z: torch.Tensor, n: int) -> torch.Tensor:

@@ -37,11 +37,9 @@ class SigmoidAttention(AttentionField):
                 "use normalise 'n' (the 1/N mean-field form) with sigmoid attention",
             )
         if form not in ("meanfield", "practical"):
-            raise ConfigError(
-                "sigmoid_form", f"unknown form {form!r}", "use 'meanfield' or 'practical'"
-            )
+            raise ConfigError("form", f"unknown form {form!r}", "use 'meanfield' or 'practical'")
         if not math.isfinite(bias):
-            raise ConfigError("sigmoid_bias", "must be finite", "give a finite bias b")
+            raise ConfigError("bias", "must be finite", "give a finite bias b")
         super().__init__(heads, normalise="n", **kwargs)
         self.bias, self.form = bias, form
 

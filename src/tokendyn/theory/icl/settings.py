@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from tokendyn.errors import ConfigError
+from tokendyn.errors import ConfigError, validation_error
 
 
 class ICLSetting(BaseModel):
@@ -44,11 +44,7 @@ def _validated(values: dict[str, Any]) -> ICLSetting:
     try:
         return ICLSetting(**values)
     except ValidationError as err:
-        e = err.errors()[0]
-        field = ".".join(str(p) for p in e["loc"]) or "setting"
-        described = ICLSetting.model_fields.get(field)
-        fix = described.description if described is not None else "use a documented field"
-        raise ConfigError(field, e["msg"], f"expected {fix}") from None
+        raise validation_error(err, ICLSetting.model_fields, "setting") from None
 
 
 def get_setting(name: str, **overrides: Any) -> ICLSetting:
