@@ -64,6 +64,15 @@ INVALID: dict[str, tuple[dict, list]] = {
     "sigmoid_form": ({"attention": "sigmoid"}, ["exact", 1, True, None]),
     "stats": ({}, ["energy", ["temperature"], [True], None]),
     "cluster_threshold": ({}, [*POSITIVE, None]),
+    "norm": ({}, ["layernorm", 1, True]),
+    "norm_type": ({"norm": "pre-ln"}, ["batchnorm", 1, True, None]),
+    "layers": ({"d": 2}, ["x", 1, True]),
+    "layer_time": ({"norm": "pre-ln"}, [*POSITIVE, None]),
+    "resample_every": ({"qkv": "random", "norm": "pre-ln"}, POSITIVE),
+    "mlp": ({}, ["tanh", 1, True, None]),
+    "mlp_width": ({"mlp": "gelu"}, ["x", 2.5, True, 0, -1]),
+    "positions": ({}, ["sinusoidal", 1, True, None]),
+    "kv_heads": ({"d": 4, "heads": 2}, ["x", 2.5, True, 0, 3]),
 }
 CASES = [(name, ctx, value) for name, (ctx, values) in INVALID.items() for value in values]
 # Q with 3 rows is refused only with several heads

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from tokendyn.app.build import make_field
-from tokendyn.app.config import load_config, make_config
+from tokendyn.app.config import STATISTICS, load_config, make_config
 from tokendyn.app.phases import run_matrices
-from tokendyn.app.pipeline import STATISTICS, build_run, simulate_run, statistics
+from tokendyn.app.pipeline import build_run, simulate_run, statistics
 from tokendyn.app.run import run_simulation
 from tokendyn.engine.attention import split_heads
 from tokendyn.engine.attention.sinkhorn import default_tol
@@ -51,9 +51,8 @@ def test_statistics_have_batch_shape_and_known_values() -> None:
 
 
 def test_unknown_statistic_lists_valid_names() -> None:
-    cfg = make_config(**SMALL, stats=["entropy"])
     with pytest.raises(ConfigError, match="^stats:") as err:
-        build_run(cfg)
+        make_config(**SMALL, stats=["entropy"])
     assert "clusters, effective_dim, energy" in str(err.value)
 
 
