@@ -8,7 +8,12 @@ seed does not draw Q, K, V) run together as one batched tensor computation of B 
 
 Nothing is lost: every finished point is written to the store at once; a rerun skips finished
 points; a task whose worker dies is retried elsewhere by Dask; a point that fails (bad parameter,
-NaN) is recorded with its error message while the others complete.
+NaN) is recorded with its error message while the others complete. Nothing hangs: tasks whose
+workers keep dying, or no task running for `stall_timeout` seconds, end the sweep with one error
+naming the unfinished points, which stay pending for the rerun.
+
+The in-process cluster listens on 127.0.0.1 only, runs no HTTP server (no dashboard) and keeps
+Dask's scratch space in a private temporary directory removed on exit.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ import contextlib
 import json
 import logging
 import math
+import tempfile
+import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,6 +32,15 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
+from distributed import (
+    Client,
+    KilledWorker,
+    Nanny,
+    Scheduler,
+    SpecCluster,
+    Worker,
+    as_completed,
+)
 
 from tokendyn.app.config import SimulationConfig, load_toml, make_config
 from tokendyn.app.pipeline import build_run, simulate_run
@@ -37,7 +53,15 @@ ERROR_CHARS = 300
 TIME_FIELDS = {"t_end", "dt", "save_every"}
 RESERVED_FIELDS = {"batch", "stats"}
 SCHEDULER_TIMEOUT = "10s"
+LOCALHOST = "127.0.0.1"
+# Giving up: a task whose worker died more than ALLOWED_FAILURES times (Dask's KilledWorker), or
+# every task once none has run for STALL_TIMEOUT seconds; the watchdog looks every POLL_SECONDS.
+ALLOWED_FAILURES = 3
+STALL_TIMEOUT = 60.0
+POLL_SECONDS = 0.25
+UNFINISHED_SHOWN = 5  # unfinished points named in the message
 POINTS_PER_CHUNK = 4096
+MAX_STORE_BYTES = 8 * 2**30  # the store is created whole in memory
 # The in-process cluster's workers are our own processes: one torch/OpenMP thread each, set in
 # their environment at start (never by changing the caller's process).
 WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -51,6 +75,14 @@ class Sweep:
     grid: dict[str, list[Any]]
 
     def __post_init__(self) -> None:
+        for table in ("base", "grid"):
+            value = getattr(self, table)
+            if not isinstance(value, dict):
+                raise ConfigError(
+                    table,
+                    f"is the {type(value).__name__} {value!r}, not a table",
+                    f"write a [{table}] table of field = value lines",
+                )
         fields = SimulationConfig.model_fields
         for name in [*self.base, *self.grid]:
             if name not in fields:
@@ -74,9 +106,12 @@ class Sweep:
                     "cannot be swept (it fixes the store's time axis or is set by the sweep)",
                     "move it to [base]; run separate sweeps to vary it",
                 )
-            if len({json.dumps(v) for v in values}) != len(values):
+            if len({_json_value(name, v) for v in values}) != len(values):
                 raise ConfigError(name, "has repeated values", "list each value once")
+        for name, value in self.base.items():
+            _json_value(name, value)
         base_config = make_config(**{**self.base, **{k: v[0] for k, v in self.grid.items()}})
+        _check_time_axis(base_config, math.prod(len(v) for v in self.grid.values()))
         object.__setattr__(self, "_reference", base_config)
 
     @classmethod
@@ -87,7 +122,7 @@ class Sweep:
             raise ConfigError(
                 extra[0], "unknown table in the sweep file", "use only [base] and [grid]"
             )
-        return cls(base=dict(data.get("base", {})), grid=dict(data.get("grid", {})))
+        return cls(base=data.get("base", {}), grid=data.get("grid", {}))
 
     @property
     def reference(self) -> SimulationConfig:
@@ -131,6 +166,42 @@ class Sweep:
             )
             keyed.setdefault(key, []).append(i)
         return [g[s : s + max_batch] for g in keyed.values() for s in range(0, len(g), max_batch)]
+
+
+def _json_value(field: str, value: Any) -> str:
+    """`value` as JSON (the sweep is stored as JSON): a clear error for what JSON cannot hold."""
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            field,
+            f"{value!r} is not a number, string, boolean or list",
+            "write numbers, strings, booleans or lists (TOML dates are not parameters)",
+        ) from None
+
+
+def _check_time_axis(ref: SimulationConfig, points: int) -> None:
+    """The store's common time axis: finite t_end and dt, n = t_end/dt ≥ 1 steps, and a store of
+    `points` × (n/save_every + 2) frames of every statistic (float64) that fits in
+    MAX_STORE_BYTES, since it is created whole."""
+    for name in ("t_end", "dt"):
+        if not math.isfinite(getattr(ref, name)):
+            raise ConfigError(name, f"is {getattr(ref, name)}", f"give a finite {name}")
+    steps = ref.t_end / ref.dt
+    if not math.isfinite(steps) or round(steps) < 1:
+        raise ConfigError(
+            "dt",
+            f"t_end/dt = {ref.t_end:g}/{ref.dt:g} is not a number of steps ≥ 1",
+            "give a dt ≤ t_end that divides it",
+        )
+    per_point = 8 * (steps / ref.save_every + 2) * len(ref.stats) + 8 + 1 + 4 * ERROR_CHARS
+    if points * per_point > MAX_STORE_BYTES:
+        raise ConfigError(
+            "save_every",
+            f"the sweep store would take {points * per_point / 2**30:.3g} GiB "
+            f"(the limit is {MAX_STORE_BYTES / 2**30:g} GiB)",
+            "raise save_every, shorten t_end, or split the grid into several sweeps",
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -292,11 +363,31 @@ def _quiet_zarr() -> Iterator[None]:
 # running
 
 
+class _NoHTTP:
+    """For Dask servers: start no HTTP server (dashboard, metrics, health). Dask starts one on
+    every scheduler and worker even when no dashboard is asked for; a sweep needs none, and each
+    would be one more unauthenticated listener."""
+
+    def start_http_server(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+class _Scheduler(_NoHTTP, Scheduler):
+    """The in-process cluster's scheduler: Dask's, without an HTTP server."""
+
+
+class _Worker(_NoHTTP, Worker):
+    """The in-process cluster's worker: Dask's, without an HTTP server."""
+
+
 @contextlib.contextmanager
 def dask_client(workers: int, scheduler: str | None) -> Iterator[Any]:
-    """A distributed Client: an in-process LocalCluster of `workers` processes, or `scheduler`."""
-    from distributed import Client, LocalCluster
+    """A distributed Client on `scheduler`, or on an in-process cluster of `workers` processes.
 
+    The in-process cluster listens on 127.0.0.1 only (scheduler, nannies and workers; no HTTP
+    server, so no dashboard), keeps Dask's scratch space in a private temporary directory that is
+    removed on exit, gives up on a task whose worker died more than ALLOWED_FAILURES times
+    (KilledWorker), and starts its workers with WORKER_ENV."""
     if scheduler is not None:
         try:
             client = Client(scheduler, timeout=SCHEDULER_TIMEOUT)
@@ -306,23 +397,64 @@ def dask_client(workers: int, scheduler: str | None) -> Iterator[Any]:
                 f"cannot reach {scheduler} ({err})",
                 "start `dask scheduler` (and workers) there, or omit --scheduler",
             ) from None
+        except (ValueError, TypeError) as err:
+            raise ConfigError(
+                "scheduler",
+                f"{scheduler!r} is not a Dask scheduler address ({err})",
+                "write it as tcp://host:port, e.g. tcp://127.0.0.1:8786",
+            ) from None
         with client:
             yield client
         return
-    if workers < 1:
-        raise ConfigError("workers", f"is {workers}", "use --workers 1 or more")
+    _check_positive("workers", workers)
     with (
-        LocalCluster(
-            n_workers=workers,
-            threads_per_worker=1,
-            env=WORKER_ENV,
-            processes=True,
-            dashboard_address=None,
-            silence_logs=logging.ERROR,
-        ) as cluster,
+        tempfile.TemporaryDirectory(prefix="tokendyn-dask-", ignore_cleanup_errors=True) as scratch,
+        _local_cluster(workers, scratch) as cluster,
         Client(cluster) as client,
     ):
         yield client
+
+
+def _local_cluster(workers: int, scratch: str) -> Any:
+    """A started SpecCluster: a _Scheduler and `workers` nannies of one-thread _Workers, all on
+    127.0.0.1, each worker with 1/workers of the memory (as LocalCluster gives)."""
+    scheduler = {
+        "cls": _Scheduler,
+        "options": {
+            "host": LOCALHOST,
+            "port": 0,
+            "protocol": "tcp://",
+            "dashboard": False,
+            "allowed_failures": ALLOWED_FAILURES,
+            "local_directory": scratch,
+        },
+    }
+    worker = {
+        "cls": Nanny,
+        "options": {
+            "host": LOCALHOST,
+            "protocol": "tcp://",
+            "nthreads": 1,
+            "env": WORKER_ENV,
+            "local_directory": scratch,
+            "memory_limit": 1 / workers,
+            "worker_class": _Worker,
+            "silence_logs": logging.CRITICAL,
+        },
+    }
+    try:
+        return SpecCluster(
+            scheduler=scheduler,
+            workers=dict.fromkeys(range(workers), worker),
+            worker=worker,
+            silence_logs=logging.CRITICAL,
+        )
+    except Exception as err:  # a worker killed while starting, no memory, no port, …
+        raise ConfigError(
+            "workers",
+            f"the local Dask cluster did not start ({_one_line(err)})",
+            "rerun; if it fails again, try fewer --workers or check free memory",
+        ) from None
 
 
 def run_sweep(
@@ -334,42 +466,128 @@ def run_sweep(
     batch: bool = True,
     max_batch: int = 256,
     progress: bool = False,
+    stall_timeout: float = STALL_TIMEOUT,
 ) -> xr.Dataset:
-    """Run every unfinished point of `sweep` into the store at `out`; returns its Dataset."""
-    from distributed import as_completed
+    """Run every unfinished point of `sweep` into the store at `out`; returns its Dataset.
 
-    if max_batch < 1:
-        raise ConfigError("max_batch", f"is {max_batch}", "use 1 or more")
-    store = SweepStore.open_or_create(out, sweep)
-    todo = [int(i) for i in np.flatnonzero(store.status() != DONE)]
-    runnable = []
-    for i in todo:  # bad parameter values are recorded at once; the others run
-        try:
-            make_config(**{**sweep.base, **sweep.point(i)})
-            runnable.append(i)
-        except ConfigError as err:
-            store.write([i], [{"error": f"ConfigError: {err}"[:ERROR_CHARS]}])
-    groups = sweep.groups(runnable, batch, max_batch)
-    with progress_bar(len(runnable), "sweep", "points", progress) as advance:
-        if groups or scheduler is not None:  # an explicit scheduler is always checked
-            with dask_client(workers, scheduler) as client:
-                futures = {
-                    client.submit(
-                        run_points, sweep.base, [sweep.point(i) for i in g], pure=False
-                    ): g
-                    for g in groups
-                }
-                for future in as_completed(futures):
-                    group = futures[future]
-                    try:
-                        results = future.result()
-                    except Exception as err:
-                        results = [{"error": f"{type(err).__name__}: {err}"[:ERROR_CHARS]}] * len(
-                            group
-                        )
-                    store.write(group, results)
-                    advance(len(group))
+    Gives up, with one ConfigError naming the unfinished points (they stay pending, so a rerun
+    resumes them), when tasks lose their worker more often than the scheduler allows, or when no
+    task has run for `stall_timeout` seconds (no worker alive, or none running our tasks)."""
+    _check_positive("max_batch", max_batch)
+    _check_positive("stall_timeout", stall_timeout)
+    if scheduler is None:
+        _check_positive("workers", workers)
+    unfinished: dict[int, str] = {}
+    with contextlib.ExitStack() as stack:
+        # An explicit scheduler is checked (address, reachable) before anything is written.
+        client = (
+            stack.enter_context(dask_client(workers, scheduler)) if scheduler is not None else None
+        )
+        store = SweepStore.open_or_create(out, sweep)
+        todo = [int(i) for i in np.flatnonzero(store.status() != DONE)]
+        runnable = []
+        for i in todo:  # bad parameter values are recorded at once; the others run
+            try:
+                make_config(**{**sweep.base, **sweep.point(i)})
+                runnable.append(i)
+            except ConfigError as err:
+                store.write([i], [{"error": f"ConfigError: {err}"[:ERROR_CHARS]}])
+        groups = sweep.groups(runnable, batch, max_batch)
+        advance = stack.enter_context(progress_bar(len(runnable), "sweep", "points", progress))
+        if groups:
+            if client is None:
+                client = stack.enter_context(dask_client(workers, None))
+            unfinished = _run_groups(client, sweep, store, groups, advance, stall_timeout)
+    if unfinished:
+        raise ConfigError(
+            "workers" if scheduler is None else "scheduler",
+            f"gave up with {len(unfinished)} of {sweep.size} points unfinished "
+            f"({'; '.join(sorted(set(unfinished.values())))}): {_describe(sweep, unfinished)}; "
+            f"they stay pending in {store.path}",
+            "rerun the same command to resume them; if workers keep dying, give each more "
+            "memory (fewer --workers, a smaller --max-batch)",
+        )
     return open_sweep(store.path)
+
+
+def _run_groups(
+    client: Any,
+    sweep: Sweep,
+    store: SweepStore,
+    groups: list[list[int]],
+    advance: Any,
+    stall_timeout: float,
+) -> dict[int, str]:
+    """Run each group as one task; store each as it finishes (results, or the task's error for
+    every point of the group). Returns {point: why} for the points left unfinished: tasks whose
+    workers kept dying (KilledWorker) or that were cancelled (scheduler lost), and every task
+    still waiting once none has run for `stall_timeout` seconds."""
+    futures = {
+        client.submit(run_points, sweep.base, [sweep.point(i) for i in g], pure=False): g
+        for g in groups
+    }
+    finished = as_completed(futures, loop=client.loop)
+    unfinished: dict[int, str] = {}
+    last_run = time.monotonic()
+    while not finished.is_empty():
+        ready = finished.next_batch(block=False)
+        for future in ready:
+            group = futures.pop(future)
+            if future.status == "finished":
+                store.write(group, future.result())
+            elif future.status == "cancelled":
+                unfinished.update(dict.fromkeys(group, "their tasks were cancelled"))
+                continue
+            elif isinstance(error := future.exception(), KilledWorker):
+                unfinished.update(dict.fromkeys(group, "their workers kept dying"))
+                continue
+            else:
+                store.write(group, [{"error": _one_line(error)[:ERROR_CHARS]}] * len(group))
+            advance(len(group))
+        alive, running = _activity(client, futures) if futures and not ready else (1, True)
+        if ready or running:
+            last_run = time.monotonic()
+        elif time.monotonic() - last_run > stall_timeout:
+            why = "no worker alive" if not alive else "no worker ran them"
+            for group in futures.values():
+                unfinished.update(dict.fromkeys(group, f"{why} for {stall_timeout:g} s"))
+            client.cancel(list(futures))
+            break
+        else:
+            time.sleep(POLL_SECONDS)
+    return unfinished
+
+
+def _activity(client: Any, futures: dict[Any, list[int]]) -> tuple[int, bool]:
+    """(workers alive, whether one of them runs one of `futures`), as the scheduler sees it;
+    (0, False) when the scheduler does not answer."""
+    try:
+        processing = client.processing()
+    except (OSError, TimeoutError):
+        return 0, False
+    keys = {future.key for future in futures}
+    return len(processing), any(key in keys for ks in processing.values() for key in ks)
+
+
+def _describe(sweep: Sweep, points: dict[int, str] | list[int]) -> str:
+    """The grid values of the first UNFINISHED_SHOWN `points`, 'and N more' for the rest."""
+    indices = sorted(points)
+    shown = "; ".join(
+        ", ".join(f"{k}={_json_value(k, v)}" for k, v in sweep.point(i).items())
+        for i in indices[:UNFINISHED_SHOWN]
+    )
+    more = len(indices) - UNFINISHED_SHOWN
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+def _check_positive(field: str, value: float) -> None:
+    if not value > 0:
+        raise ConfigError(field, f"is {value}", f"give {field} > 0")
+
+
+def _one_line(error: BaseException) -> str:
+    """'Type: message' on one line, without a final full stop."""
+    return " ".join(f"{type(error).__name__}: {error}".split()).rstrip(".")
 
 
 def open_sweep(path: str | Path) -> xr.Dataset:

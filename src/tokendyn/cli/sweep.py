@@ -24,9 +24,19 @@ def sweep(
         typer.Option("--batch/--no-batch", help="run β/seed groups as one batched computation"),
     ] = True,
     max_batch: Annotated[int, typer.Option("--max-batch", help="clouds per batched task")] = 256,
+    stall_timeout: Annotated[
+        float,
+        typer.Option(
+            "--stall-timeout",
+            help="give up (points stay pending) when no task has run for this many seconds",
+        ),
+    ] = 60.0,
     quiet: Annotated[bool, typer.Option("--quiet", help="no progress bar or summary")] = False,
 ) -> None:
-    """Run a parameter grid on Dask; every finished point is stored at once, reruns resume."""
+    """Run a parameter grid on Dask; every finished point is stored at once, reruns resume.
+
+    Workers that keep dying, or none running for --stall-timeout seconds, end the sweep with one
+    line naming the unfinished points (a rerun resumes them)."""
     from tokendyn.app.sweep import DONE, FAILED, Sweep, run_sweep
 
     spec = Sweep.from_toml(sweep_file)
@@ -38,6 +48,7 @@ def sweep(
         batch=batch,
         max_batch=max_batch,
         progress=not quiet,
+        stall_timeout=stall_timeout,
     )
     if not quiet:
         status = ds["status"].values
