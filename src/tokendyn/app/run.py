@@ -17,8 +17,8 @@ from tokendyn.app.store import (
     ZarrSink,
     open_run,
     prepare_new_store,
+    repair_store,
     stored_config,
-    truncate_incomplete_frames,
 )
 from tokendyn.engine.distributed import ShardedField, process_group
 from tokendyn.engine.integrate import Statistic
@@ -90,22 +90,24 @@ def _run(
     start = [_prepare_store(cfg, out, resume, overwrite) if lead else None]
     if sharded:
         dist.broadcast_object_list(start, src=0)  # the others wait until the store is ready
-    start_step = 0
     if start[0] == "finished":
         return open_run(out)
+    committed, start_step = 0, 0
     if start[0] == "append":
         ds = open_run(out)
-        start_step = int(ds["step"].values[-1])
+        committed, start_step = ds.sizes["time"], int(ds["step"].values[-1])
         dtype, device = DTYPES[cfg.dtype], resolve_device(cfg.device)
         x_start = torch.as_tensor(ds["x"].isel(time=-1).values, dtype=dtype, device=device)
     sink = None
     if lead:
+        # The sink skips the resumed-from frame (saved again when it is step 0): no duplicate.
         sink = ZarrSink(
             out,
             batched=batched,
             attrs=attrs,
             positions=cfg.mask == "causal",
-            append=start[0] == "append",
+            committed=committed,
+            last_step=start_step if committed else -1,
         )
     simulate(velocity, space, x_start, sink=sink, start_step=start_step, keep=False, **kwargs)
     if sharded:
@@ -114,11 +116,13 @@ def _run(
 
 
 def _prepare_store(cfg: SimulationConfig, out: str | Path, resume: bool, overwrite: bool) -> str:
-    """'new' (an empty path, made ready), 'append' (resume after the last frame) or 'finished'."""
-    # A store killed before its first complete frame holds nothing to resume: start afresh.
-    if resume and Path(out).is_dir() and truncate_incomplete_frames(out) == 0:
-        overwrite = True
+    """'new' (an empty path, made ready), 'append' (resume after the last committed frame) or
+    'finished'. Resuming first checks the store and cuts off a frame a kill left uncommitted; a
+    damaged or foreign store is refused, never restarted."""
     if resume and Path(out).exists() and not overwrite:
+        if repair_store(out) == 0:  # tokendyn's own store, stopped before its first frame
+            prepare_new_store(out, overwrite=True)
+            return "new"
         ds = open_run(out)
         _check_resumable(stored_config(ds), cfg, out)
         return "finished" if int(ds["step"].values[-1]) >= cfg.n_steps else "append"

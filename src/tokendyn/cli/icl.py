@@ -147,6 +147,7 @@ def register(app: typer.Typer) -> None:
         """Train a model (several seeds, best validation kept); test MSE and level-k probes."""
         import numpy as np
 
+        from tokendyn.app.store import claim_folder
         from tokendyn.theory.icl import get_setting, make_prior
         from tokendyn.theory.icl.priors import TreePrior
         from tokendyn.theory.icl.probes import probe_model
@@ -166,6 +167,8 @@ def register(app: typer.Typer) -> None:
             raise ConfigError("n_probe", "needs at least 100 sequences", "use --n-probe ≥ 100")
         if n_test < 10:
             raise ConfigError("n_test", "needs at least 10 sequences", "use --n-test ≥ 10")
+        if out is not None:
+            claim_folder(out)
         s = get_setting(setting.value)
         p = make_prior(s, prior.value)
         cfg = train_config(
