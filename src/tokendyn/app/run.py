@@ -87,14 +87,15 @@ def _run(
     x_start = x0 if batched else x0[0]
     if out is None:
         return simulate(velocity, space, x_start, **kwargs)
-    start = [_prepare_store(cfg, out, resume, overwrite) if lead else None]
+    start, stored = _prepare_store(cfg, out, resume, overwrite) if lead else (None, None)
+    start = [start]
     if sharded:
         dist.broadcast_object_list(start, src=0)  # the others wait until the store is ready
     if start[0] == "finished":
-        return open_run(out)
+        return stored if lead else open_run(out)
     committed, start_step = 0, 0
     if start[0] == "append":
-        ds = open_run(out)
+        ds = stored if lead else open_run(out)
         committed, start_step = ds.sizes["time"], int(ds["step"].values[-1])
         dtype, device = DTYPES[cfg.dtype], resolve_device(cfg.device)
         x_start = torch.as_tensor(ds["x"].isel(time=-1).values, dtype=dtype, device=device)
@@ -115,19 +116,22 @@ def _run(
     return open_run(out)
 
 
-def _prepare_store(cfg: SimulationConfig, out: str | Path, resume: bool, overwrite: bool) -> str:
+def _prepare_store(
+    cfg: SimulationConfig, out: str | Path, resume: bool, overwrite: bool
+) -> tuple[str, xr.Dataset | None]:
     """'new' (an empty path, made ready), 'append' (resume after the last committed frame) or
-    'finished'. Resuming first checks the store and cuts off a frame a kill left uncommitted; a
-    damaged or foreign store is refused, never restarted."""
+    'finished', with the stored Dataset when there is one. Resuming first checks the store and
+    cuts off a frame a kill left uncommitted; a damaged or foreign store is refused, never
+    restarted."""
     if resume and Path(out).exists() and not overwrite:
         if repair_store(out) == 0:  # tokendyn's own store, stopped before its first frame
             prepare_new_store(out, overwrite=True)
-            return "new"
+            return "new", None
         ds = open_run(out)
         _check_resumable(stored_config(ds), cfg, out)
-        return "finished" if int(ds["step"].values[-1]) >= cfg.n_steps else "append"
+        return ("finished" if int(ds["step"].values[-1]) >= cfg.n_steps else "append"), ds
     prepare_new_store(out, overwrite)
-    return "new"
+    return "new", None
 
 
 def _check_resumable(stored: dict, cfg: SimulationConfig, out: str | Path) -> None:

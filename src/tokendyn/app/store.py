@@ -189,9 +189,15 @@ def check_own_store(p: Path) -> None:
     if _is_empty(p):
         return
     attrs = _group_attrs(p)
-    if attrs is None or any(key not in attrs for key in OWN_ATTRS):
+    missing = [key for key in OWN_ATTRS if key not in (attrs or {})]
+    if attrs is None or missing:
+        why = (
+            "its zarr.json is not a readable zarr group"
+            if attrs is None
+            else f"its attrs lack {', '.join(missing)}"
+        )
         raise StoreError(
-            f"out: {p} is not a tokendyn store (no zarr group with tokendyn's metadata). "
+            f"out: {p} is not a tokendyn store ({why}: not tokendyn's, or damaged). "
             "Fix: choose another --out path, or remove it yourself"
         )
     foreign = _foreign_entries(p)
@@ -299,7 +305,8 @@ def _inspect(p: Path, mode: str = "r"):
             names = _time_array_names(group)
     except Exception as err:  # zarr raises many types for corrupt metadata
         raise StoreError(
-            f"store: {p} is not a readable tokendyn store ({type(err).__name__}: {err}). "
+            f"store: {p} is not a readable tokendyn store ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}). "
             "Fix: give the --out path of a `tokendyn simulate` run"
         ) from None
     missing = [name for name in ("x", "time", "step") if name not in names]
