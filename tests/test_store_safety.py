@@ -1,6 +1,7 @@
 """Data safety: a crash before any store write resumes exactly; a damaged store is refused (or
 its uncommitted tail left out) by every reader; nothing tokendyn did not write is replaced."""
 
+import asyncio
 import json
 import os
 import re
@@ -17,6 +18,7 @@ import xarray as xr
 import zarr
 import zarr.storage
 from typer.testing import CliRunner
+from zarr.core.sync import _get_loop
 
 from tokendyn.app.config import make_config
 from tokendyn.app.run import run_simulation
@@ -55,8 +57,11 @@ def crash_after(monkeypatch):
 
     monkeypatch.setattr(zarr.storage.LocalStore, "set", set_or_crash)
 
+    def pending() -> bool:
+        return bool(state["busy"]) or any(not t.done() for t in asyncio.all_tasks(_get_loop()))
+
     def arm(k: int | None) -> dict:
-        while k is None and state["busy"]:
+        while k is None and pending():
             time.sleep(0.001)
         state["left"] = k
         return state
