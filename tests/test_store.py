@@ -13,7 +13,7 @@ import xarray as xr
 
 from tokendyn.app.config import make_config
 from tokendyn.app.run import run_simulation
-from tokendyn.app.store import export_netcdf, open_run, truncate_incomplete_frames
+from tokendyn.app.store import StoreRepairWarning, export_netcdf, open_run, repair_store
 from tokendyn.errors import StoreError
 
 SMALL = dict(
@@ -89,7 +89,7 @@ def test_killed_run_resumes_from_its_last_frame(tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert frames >= 3, "the run should have written frames before the kill"
-    kept = truncate_incomplete_frames(out)
+    kept = repair_store(out)
     assert kept >= 3
     cfg = make_config(n=400, d=3, beta=3.0, t_end=30.0, dt=0.05, save_every=10, backend="tiled")
     resumed = run_simulation(cfg, out, resume=True).load()
@@ -100,15 +100,20 @@ def test_killed_run_resumes_from_its_last_frame(tmp_path):
 
 
 def test_half_written_frame_is_dropped(tmp_path):
-    """Simulate a kill between the writes of two variables of one frame."""
+    """Simulate a kill between the writes of two variables of one frame: readers leave the
+    uncommitted data out (the store untouched), resume's repair cuts it off."""
     import zarr
 
     out = tmp_path / "run.zarr"
     run_simulation(make_config(**SMALL), out)
     group = zarr.open_group(str(out), mode="r+")
     group["x"].resize((group["x"].shape[0] + 1, *group["x"].shape[1:]))
-    assert truncate_incomplete_frames(out) == 11
-    assert open_run(out).sizes["time"] == 11
+    with pytest.warns(StoreRepairWarning, match="uncommitted"):
+        assert open_run(out).sizes["time"] == 11
+    assert zarr.open_group(str(out))["x"].shape[0] == 12
+    with pytest.warns(StoreRepairWarning, match="dropped"):
+        assert repair_store(out) == 11
+    assert zarr.open_group(str(out))["x"].shape[0] == 11
 
 
 def test_resume_with_different_settings_is_refused(tmp_path):

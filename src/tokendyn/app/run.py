@@ -17,8 +17,8 @@ from tokendyn.app.store import (
     ZarrSink,
     open_run,
     prepare_new_store,
+    repair_store,
     stored_config,
-    truncate_incomplete_frames,
 )
 from tokendyn.engine.distributed import ShardedField, process_group
 from tokendyn.errors import ConfigError, StoreError
@@ -80,21 +80,29 @@ def _run(
     batched = cfg.batch > 1
     if out is None:
         return simulate_run(system, **kwargs)
-    start = [_prepare_store(cfg, out, resume, overwrite) if lead else None]
+    start, stored = _prepare_store(cfg, out, resume, overwrite) if lead else (None, None)
+    start = [start]
     if sharded:
         dist.broadcast_object_list(start, src=0)  # the others wait until the store is ready
-    start_step, x_start = 0, None
+    x_start = None
     if start[0] == "finished":
-        return open_run(out)
+        return stored if lead else open_run(out)
+    committed, start_step = 0, 0
     if start[0] == "append":
-        ds = open_run(out)
-        start_step = int(ds["step"].values[-1])
+        ds = stored if lead else open_run(out)
+        committed, start_step = ds.sizes["time"], int(ds["step"].values[-1])
         dtype, device = dtype_of(cfg), device_of(cfg)
         x_start = torch.as_tensor(ds["x"].isel(time=-1).values, dtype=dtype, device=device)
     sink = None
     if lead:
+        # The sink skips the resumed-from frame (saved again when it is step 0): no duplicate.
         sink = ZarrSink(
-            out, batched=batched, attrs=attrs, positions=positions, append=start[0] == "append"
+            out,
+            batched=batched,
+            attrs=attrs,
+            positions=positions,
+            committed=committed,
+            last_step=start_step if committed else -1,
         )
     simulate_run(system, x_start=x_start, sink=sink, start_step=start_step, keep=False, **kwargs)
     if sharded:
@@ -102,17 +110,22 @@ def _run(
     return open_run(out)
 
 
-def _prepare_store(cfg: SimulationConfig, out: str | Path, resume: bool, overwrite: bool) -> str:
-    """'new' (an empty path, made ready), 'append' (resume after the last frame) or 'finished'."""
-    # A store killed before its first complete frame holds nothing to resume: start afresh.
-    if resume and Path(out).is_dir() and truncate_incomplete_frames(out) == 0:
-        overwrite = True
+def _prepare_store(
+    cfg: SimulationConfig, out: str | Path, resume: bool, overwrite: bool
+) -> tuple[str, xr.Dataset | None]:
+    """'new' (an empty path, made ready), 'append' (resume after the last committed frame) or
+    'finished', with the stored Dataset when there is one. Resuming first checks the store and
+    cuts off a frame a kill left uncommitted; a damaged or foreign store is refused, never
+    restarted."""
     if resume and Path(out).exists() and not overwrite:
+        if repair_store(out) == 0:  # tokendyn's own store, stopped before its first frame
+            prepare_new_store(out, overwrite=True)
+            return "new", None
         ds = open_run(out)
         _check_resumable(stored_config(ds), cfg, out)
-        return "finished" if int(ds["step"].values[-1]) >= cfg.n_steps else "append"
+        return ("finished" if int(ds["step"].values[-1]) >= cfg.n_steps else "append"), ds
     prepare_new_store(out, overwrite)
-    return "new"
+    return "new", None
 
 
 def _check_resumable(stored: dict, cfg: SimulationConfig, out: str | Path) -> None:

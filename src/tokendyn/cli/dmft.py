@@ -136,6 +136,7 @@ def register(app: typer.Typer) -> None:
         bifurcation_m{1,2,3}.png and summary.json into --out."""
         import numpy as np
 
+        from tokendyn.app.store import claim_folder
         from tokendyn.theory.dmft.bifurcation import sweep
         from tokendyn.viz.dmft import plot_bifurcation
 
@@ -154,6 +155,7 @@ def register(app: typer.Typer) -> None:
             colour_max_y,
             "use the global max |m^o| (> 0)",
         )
+        claim_folder(out)
         ds = sweep(
             _model(gamma, epsilon),
             np.linspace(beta_min, beta_max, num),
@@ -165,7 +167,6 @@ def register(app: typer.Typer) -> None:
             with_lyapunov=with_lyapunov,
             colour_max_y=colour_max_y,
         )
-        out.mkdir(parents=True, exist_ok=True)
         paths = [out / "bifurcation.nc"]
         ds.to_netcdf(paths[0], engine="h5netcdf")
         for f in range(ds.sizes["feature"]):

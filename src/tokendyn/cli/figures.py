@@ -16,15 +16,18 @@ from tokendyn.errors import TokendynError
 def plot(
     run: Annotated[Path, typer.Argument(help="a run store (.zarr) or netCDF export")],
     out: Annotated[
-        Path | None, typer.Option("--out", help="folder for the PNGs (default: RUN_figures)")
+        Path | None,
+        typer.Option(
+            "--out", help="new, empty or tokendyn-made folder for the PNGs (default: RUN_figures)"
+        ),
     ] = None,
 ) -> None:
     """Figures of a stored run: circle angles, the cloud on S², Gram histograms, statistics."""
-    from tokendyn.app.store import open_run
+    from tokendyn.app.store import claim_folder, open_run
     from tokendyn.viz.plot import plot_run
 
     ds = open_run(run)
-    folder = out or run.with_name(run.stem + "_figures")
+    folder = claim_folder(out or run.with_name(run.stem + "_figures"))
     for path in plot_run(ds, folder):
         print(path)
 
@@ -38,10 +41,11 @@ def animate(
     fps: Annotated[int, typer.Option(help="frames per second")] = 10,
 ) -> None:
     """GIF/MP4 of a stored run's cloud over time."""
-    from tokendyn.app.store import open_run
+    from tokendyn.app.store import claim_file, open_run
     from tokendyn.viz.animate import animate_run
 
-    print(animate_run(open_run(run), out or run.with_suffix(".gif"), fps=fps))
+    ds = open_run(run)
+    print(animate_run(ds, claim_file(out or run.with_suffix(".gif")), fps=fps))
 
 
 @friendly_errors
@@ -60,6 +64,7 @@ def plot_phase_command(
     ] = None,
 ) -> None:
     """Phase diagram of a sweep: a statistic over two dimensions (others averaged or selected)."""
+    from tokendyn.app.store import claim_file
     from tokendyn.app.sweep import open_sweep
     from tokendyn.viz.plot import plot_phase
 
@@ -69,7 +74,7 @@ def plot_phase_command(
         if not sep:
             raise TokendynError(f"select: {item!r} is not NAME=VALUE. Fix: write e.g. --select d=3")
         chosen[name] = json.loads(value) if value[:1] in "-0123456789[{" else value
-    path = out or store.with_name(f"{store.stem}_{stat}_{x}_{y}.png")
+    path = claim_file(out or store.with_name(f"{store.stem}_{stat}_{x}_{y}.png"))
     plot_phase(open_sweep(store), x, y, stat, select=chosen, path=path)
     print(path)
 

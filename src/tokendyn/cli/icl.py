@@ -148,6 +148,7 @@ def register(app: typer.Typer) -> None:
         """Train a model (several seeds, best validation kept); test MSE and level-k probes."""
         import numpy as np
 
+        from tokendyn.app.store import claim_folder
         from tokendyn.engine.device import resolve_device
         from tokendyn.theory.icl import get_setting, make_prior
         from tokendyn.theory.icl.priors import TreePrior
@@ -163,6 +164,8 @@ def register(app: typer.Typer) -> None:
         require("heads", heads >= 1, heads, "use --heads ≥ 1")
         require("n_probe", n_probe >= 100, n_probe, "use --n-probe ≥ 100")
         require("n_test", n_test >= 10, n_test, "use --n-test ≥ 10")
+        if out is not None:
+            claim_folder(out)
         s = get_setting(setting.value)
         p = make_prior(s, prior.value)
         cfg = train_config(

@@ -25,11 +25,12 @@ def reproduce(
     ] = None,
 ) -> None:
     """Run the reproduction checks and write an HTML report with figures and a pass/fail table."""
+    from tokendyn.app.store import claim_folder
     from tokendyn.studies.report import write_report
 
     default_threads(ctx, 1)  # the report's values and timings do not depend on the core count
 
-    summary = write_report(out, quick=quick, only=section)
+    summary = write_report(claim_folder(out), quick=quick, only=section)
     failed = [c["name"] for c in summary if not c["passed"]]
     Console().print(
         f"{len(summary) - len(failed)}/{len(summary)} checks passed → {out / 'index.html'}"

@@ -12,6 +12,7 @@ import xarray as xr
 from matplotlib.animation import FFMpegWriter, MovieWriter, PillowWriter
 from matplotlib.figure import Figure
 
+from tokendyn.app.store import SIGNATURE
 from tokendyn.errors import ConfigError
 from tokendyn.viz.plot import (
     axis_labels_3d,
@@ -53,10 +54,25 @@ def _writer(suffix: str, fps: int) -> tuple[MovieWriter, dict[str, str]]:
     if fps < 1:
         raise ConfigError("fps", f"is {fps}", "use an integer ≥ 1")
     if suffix == ".gif":
-        return PillowWriter(fps=fps), {}
+        return _SignedGif(fps=fps), {}
     if suffix == ".mp4":
-        return FFMpegWriter(fps=fps), {"animation.ffmpeg_path": imageio_ffmpeg.get_ffmpeg_exe()}
+        writer = FFMpegWriter(fps=fps, metadata={"comment": f"{SIGNATURE} movie"})
+        return writer, {"animation.ffmpeg_path": imageio_ffmpeg.get_ffmpeg_exe()}
     raise ConfigError("path", f"unsupported file type {suffix!r}", "end the path in .gif or .mp4")
+
+
+class _SignedGif(PillowWriter):
+    """A GIF whose comment carries tokendyn's signature (so tokendyn may replace it later)."""
+
+    def finish(self) -> None:
+        self._frames[0].save(
+            self.outfile,
+            save_all=True,
+            append_images=self._frames[1:],
+            duration=int(1000 / self.fps),
+            loop=0,
+            comment=f"{SIGNATURE} movie",
+        )
 
 
 def _scene_2d(fig: Figure, x: np.ndarray) -> Callable[[int], None]:

@@ -17,7 +17,7 @@ from matplotlib.axes import Axes
 from matplotlib.collections import LineCollection, PathCollection
 from matplotlib.figure import Figure
 
-from tokendyn.app.store import stored_config
+from tokendyn.app.store import SIGNATURE, stored_config
 from tokendyn.engine.observables import gram_histogram
 from tokendyn.errors import ConfigError
 
@@ -114,7 +114,8 @@ def _time_index(ds: xr.Dataset, index: int) -> int:
 def _save(fig: Figure, path: str | Path | None) -> Figure:
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
+        png = Path(path).suffix.lower() == ".png"  # signed, so tokendyn may replace it later
+        fig.savefig(path, dpi=110, metadata={"Software": SIGNATURE} if png else None)
     return fig
 
 
