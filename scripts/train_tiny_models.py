@@ -100,7 +100,7 @@ def train(model, data: torch.Tensor, kind: str, steps: int, minutes: float, seed
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         if step >= steps or time.perf_counter() - start > 60 * minutes:
             break
     model.eval()
