@@ -236,3 +236,18 @@ def test_bad_ids():
         inputs_from_ids(om, [])
     inputs = inputs_from_ids(om, [[5, 6, 7]])
     assert inputs.tokens == [om.tokenizer.convert_ids_to_tokens([5, 6, 7])]
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_models_are_traced_in_their_dtype(dtype):
+    if dtype == "bfloat16" and not model_open.bf16_supported(torch.device("cpu")):
+        pytest.skip("no bfloat16 on this CPU")
+    om = opened("gpt2", dtype=dtype)
+    assert next(om.model.parameters()).dtype == getattr(torch, dtype)
+    inputs = inputs_from_texts(om, TEXTS[:1])
+    ids = torch.tensor(inputs.ids)
+    with torch.no_grad():
+        ref = om.model(input_ids=ids, output_hidden_states=True).hidden_states
+    x = trace(om, inputs)["x"]
+    assert x.dtype == np.float32
+    np.testing.assert_array_equal(x.values, torch.stack(ref)[:, 0].float().numpy())
