@@ -204,6 +204,6 @@ def test_metrics_on_1e5_tokens_by_768_dims_in_seconds():
     import time
 
     x = np.random.default_rng(7).normal(size=(1, 1, 100_000, 768)).astype(np.float32)
-    start = time.perf_counter()
+    start = time.process_time()  # CPU seconds: wall time depends on the machine's load
     layer_metrics(trace_like(x, [100_000]))
-    assert time.perf_counter() - start < 60
+    assert time.process_time() - start < 60  # 21 s measured on 2 shared cores
