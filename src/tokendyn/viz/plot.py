@@ -44,11 +44,13 @@ def positions(
     token: np.ndarray | slice = slice(None),
 ) -> np.ndarray:
     """Positions of the selected tokens of batch element `batch` at the selected time(s):
-    numpy (…, n, d)."""
+    numpy (…, n, d). Padding (tokens NaN throughout, as in model traces) is left out."""
     if "x" not in ds or "time" not in ds.coords:
         raise ConfigError("ds", "has no variable 'x' with coordinate 'time'", "pass a run Dataset")
-    x = _select_batch(ds["x"], batch)
-    return np.asarray(x.isel(time=time, token=token).transpose(..., "token", "dim").values)
+    x = _select_batch(ds["x"], batch).isel(time=time, token=token)
+    if "length" in ds:  # a model trace: right-padded sequences
+        x = x.dropna("token", how="all")
+    return np.asarray(x.transpose(..., "token", "dim").values)
 
 
 def statistic_series(ds: xr.Dataset, batch: int = 0) -> dict[str, np.ndarray]:

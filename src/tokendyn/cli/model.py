@@ -1,0 +1,151 @@
+"""`tokendyn model …`: real Hugging Face models — hidden-state traces and per-layer metrics."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tokendyn.cli._common import choices, err_console, friendly_errors
+
+Dtype = choices("float32", "bfloat16", "float16", "float64")
+View = choices("raw", "sphere")
+
+
+def _read(field: str, path: Path) -> str:
+    from tokendyn.errors import ConfigError
+
+    if not path.is_file():
+        raise ConfigError(field, f"no file at {path}", "give an existing text file")
+    return path.read_text(encoding="utf-8")
+
+
+@friendly_errors
+def trace(
+    model: Annotated[
+        str,
+        typer.Option(
+            help="a model directory (save_pretrained) or a hub name, e.g. bert-base-uncased"
+        ),
+    ],
+    out: Annotated[Path, typer.Option(help="the run store to write (.zarr)")],
+    text: Annotated[
+        Path | None, typer.Option(help="text file: one sequence per non-empty line")
+    ] = None,
+    ids: Annotated[
+        Path | None, typer.Option(help="token-id file: one sequence per line of integers")
+    ] = None,
+    view: Annotated[
+        View, typer.Option(help="raw hidden states or normalised onto the sphere")
+    ] = View.raw,  # type: ignore[attr-defined]
+    dtype: Annotated[Dtype, typer.Option(help="weights' dtype")] = Dtype.float32,  # type: ignore[attr-defined]
+    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+    revision: Annotated[str | None, typer.Option(help="hub revision (branch, tag, commit)")] = None,
+    batch_size: Annotated[int, typer.Option(help="sequences per forward pass")] = 8,
+    attentions: Annotated[
+        bool, typer.Option("--attentions", help="also store every layer's attention weights")
+    ] = False,
+    max_memory: Annotated[
+        float | None, typer.Option(help="refuse models needing more GiB (default: free memory)")
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="replace an existing store")
+    ] = False,
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+) -> None:
+    """Hidden states of every layer as a run store (time = layer), readable by `tokendyn plot`,
+    `multiscale phases` and `model metrics`."""
+    from tokendyn.app.traces import trace_summary, write_trace
+    from tokendyn.errors import ConfigError
+    from tokendyn.models.open import open_model, require_transformers
+    from tokendyn.models.trace import inputs_from_ids, inputs_from_texts, parse_ids
+
+    hf_logging = require_transformers().logging
+    hf_logging.set_verbosity_error()  # the CLI's choice: no load reports, hints or bars
+    hf_logging.disable_progress_bar()
+    if (text is None) == (ids is None):
+        raise ConfigError(
+            "text", "give exactly one of --text and --ids", "pass --text FILE or --ids FILE"
+        )
+    limit = None if max_memory is None else int(max_memory * 2**30)
+    opened = open_model(
+        model,
+        dtype=dtype.value,
+        device=device,
+        revision=revision,
+        attentions=attentions,
+        memory_limit=limit,
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        if text is not None:
+            inputs = inputs_from_texts(opened, _read("text", text).splitlines(), str(text))
+        else:
+            inputs = inputs_from_ids(opened, parse_ids(_read("ids", ids)), str(ids))
+    for warning in caught:  # truncation to the context: one line each
+        err_console.print(f"[yellow]warning:[/] {warning.message}", highlight=False, soft_wrap=True)
+    path = write_trace(
+        opened,
+        inputs,
+        out,
+        batch_size=batch_size,
+        view=view.value,
+        attentions=attentions,
+        overwrite=overwrite,
+        progress=progress,
+    )
+    print(trace_summary(path, inputs, opened))
+
+
+@friendly_errors
+def metrics(
+    run: Annotated[Path, typer.Argument(help="a `tokendyn model trace` store")],
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    figures: Annotated[
+        Path | None, typer.Option(help="folder for metrics.png and gram_layers.png")
+    ] = None,
+    threshold: Annotated[float, typer.Option(help="cluster distance between unit tokens")] = 0.1,
+    k: Annotated[int, typer.Option(help="neighbours for the k-NN overlap")] = 10,
+    max_tokens: Annotated[
+        int, typer.Option(help="subsample for the pairwise metrics (TwoNN, k-NN, Gram, clusters)")
+    ] = 4096,
+    seed: Annotated[int, typer.Option(help="seed of the subsample and the nulls")] = 0,
+) -> None:
+    """Per-layer anisotropy, stable rank, rank-collapse residual, participation ratio, TwoNN
+    intrinsic dimension, clusters, Gram histograms, k-NN overlap, attention rank and leaders,
+    each beside a shuffled-token null."""
+    from tokendyn.app.store import open_run
+    from tokendyn.models.metrics import MetricOptions, layer_metrics, metrics_json
+
+    opts = MetricOptions(threshold=threshold, k=k, max_tokens=max_tokens, seed=seed)
+    result = layer_metrics(open_run(run), opts)
+    data = metrics_json(result)
+    if figures is not None:
+        from tokendyn.viz.models import plot_gram_layers, plot_metric_curves
+
+        plot_metric_curves(result, figures / "metrics.png")
+        plot_gram_layers(result, figures / "gram_layers.png")
+    if as_json:
+        print(json.dumps(data))
+        return
+    names = [n for n in data if n not in ("layers", "gram_histogram")]
+    print("layer " + " ".join(f"{n[:12]:>12}" for n in names))
+    for i, layer in enumerate(data["layers"]):
+        cells = []
+        for n in names:
+            v = data[n]["value"][i]
+            cells.append(f"{'–' if v is None else f'{v:.4g}':>12}")
+        print(f"{layer:>5} " + " ".join(cells))
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `model` command group."""
+    group = typer.Typer(
+        help="Real Hugging Face transformers: traces and metrics.", no_args_is_help=True
+    )
+    group.command()(trace)
+    group.command()(metrics)
+    app.add_typer(group, name="model")
