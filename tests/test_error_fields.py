@@ -303,3 +303,10 @@ def test_closure_fields_name_their_field(field, line, tmp_path):
         text = text.replace("'softmax'", "'sigmoid'").replace("\n[x]", "")
     path.write_text(text)
     _one_line_error(["closure", "--config", str(path)], field)
+
+
+@pytest.mark.parametrize(("t_end", "dt"), [(1e300, 1.0), (10.0, 1e-320), (1e9, 1.0)])
+def test_absurd_step_counts_are_refused_before_any_work(t_end, dt):
+    """`--t-end 1e300 --dt 1` used to start computing for ever; `--dt 1e-320` overflowed."""
+    with pytest.raises(ConfigError, match=r"^dt: t_end/dt = .* steps, more than the limit"):
+        make_config(t_end=t_end, dt=dt)

@@ -216,7 +216,7 @@ def _sweep_file(tmp_path, text: str):
         ("grid = [1, 2]\n[base]\nn = 8\n", [], "grid"),
         ('grid = "beta"\n[base]\nn = 8\n', [], "grid"),
         ("[base]\nn = 8\ndt = inf\n[grid]\nbeta = [1.0, 2.0]\n", [], "dt"),
-        ("[base]\nn = 8\nt_end = 1e300\ndt = 1\n[grid]\nbeta = [1.0]\n", [], "save_every"),
+        ("[base]\nn = 8\nt_end = 1e300\ndt = 1\n[grid]\nbeta = [1.0]\n", [], "dt"),
         ("[base]\nn = 8\n[grid]\nbeta = [1979-05-27]\n", [], "beta"),
         ("[base]\nn = 8\n[grid]\nbeta = [1.0]\n", ["--scheduler", "not a url"], "scheduler"),
         ("[base]\nn = 8\n[grid]\nbeta = [1.0]\n", ["--workers", "0"], "workers"),

@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from tokendyn.errors import ConfigError, validation_error
 
 Matrix = list[list[float]]
+# More steps than this is a typo, not a run (1e8 steps of even 1 µs each take a day).
+MAX_STEPS = 10**8
 # The statistics a run can save (field `stats`; bound to the run in app/pipeline.py).
 STATISTICS = ("clusters", "effective_dim", "energy")
 
@@ -239,6 +241,11 @@ class SimulationConfig(BaseModel):
                 f"heads: {self.heads} heads do not divide d={self.d}; choose H dividing d"
             )
         steps = self.t_end / self.dt
+        if not steps <= MAX_STEPS:  # also catches t_end/dt overflowing to inf
+            raise ValueError(
+                f"dt: t_end/dt = {steps:.3g} steps, more than the limit of {MAX_STEPS:.0e} (days of "
+                "computing at the fastest step); use a larger dt or a smaller t_end"
+            )
         if abs(steps - round(steps)) > 1e-9 * max(1.0, steps):
             raise ValueError(
                 f"dt: t_end={self.t_end} is not a multiple of dt={self.dt}; "
