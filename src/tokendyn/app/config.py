@@ -243,8 +243,8 @@ class SimulationConfig(BaseModel):
         steps = self.t_end / self.dt
         if not steps <= MAX_STEPS:  # also catches t_end/dt overflowing to inf
             raise ValueError(
-                f"dt: t_end/dt = {steps:.3g} steps, more than the limit of {MAX_STEPS:.0e} (days of "
-                "computing at the fastest step); use a larger dt or a smaller t_end"
+                f"dt: t_end/dt = {steps:.3g} steps, more than the limit of {MAX_STEPS:.0e} "
+                "(days of computing at the fastest step); use a larger dt or a smaller t_end"
             )
         if abs(steps - round(steps)) > 1e-9 * max(1.0, steps):
             raise ValueError(
