@@ -45,6 +45,18 @@ _PUBLIC: dict[str, str] = {
     "SdpaBackend": "tokendyn.engine.kernels",
     "get_backend": "tokendyn.engine.kernels",
     "BACKENDS": "tokendyn.engine.kernels",
+    # whole transformer blocks
+    "Block": "tokendyn.engine.blocks",
+    "Layer": "tokendyn.engine.blocks",
+    "LayerSchedule": "tokendyn.engine.blocks",
+    "ResampledSchedule": "tokendyn.engine.blocks",
+    "Norm": "tokendyn.engine.blocks",
+    "MLP": "tokendyn.engine.blocks",
+    "PositionalAttention": "tokendyn.engine.blocks",
+    "draw_qkv": "tokendyn.engine.blocks",
+    "retrieval_profile": "tokendyn.engine.retrieval",
+    # real pretrained models (optional extra tokendyn[models])
+    "models": "tokendyn.models",
     # observables
     "cluster_count": "tokendyn.engine.observables",
     "cluster_labels": "tokendyn.engine.observables",
@@ -81,12 +93,14 @@ _PUBLIC: dict[str, str] = {
 }
 
 # public names that are modules themselves (the theory packages)
-_SUBPACKAGES = {"dmft", "icl", "multiscale"}
+_SUBPACKAGES = {"dmft", "icl", "models", "multiscale"}
 
 __all__ = [
     "BACKENDS",
+    "MLP",
     "AttentionField",
     "Backend",
+    "Block",
     "ConfigError",
     "DenseBackend",
     "Euclidean",
@@ -94,7 +108,12 @@ __all__ = [
     "GaussianClosure",
     "Head",
     "L2Attention",
+    "Layer",
+    "LayerSchedule",
     "NonFiniteStateError",
+    "Norm",
+    "PositionalAttention",
+    "ResampledSchedule",
     "SdpaBackend",
     "SigmoidAttention",
     "SimulationConfig",
@@ -112,6 +131,7 @@ __all__ = [
     "cluster_count",
     "cluster_labels",
     "dmft",
+    "draw_qkv",
     "effective_dimension",
     "gaussian_cloud",
     "get_backend",
@@ -126,9 +146,11 @@ __all__ = [
     "make_closure",
     "make_config",
     "mean_and_covariance",
+    "models",
     "multiscale",
     "open_run",
     "open_sweep",
+    "retrieval_profile",
     "run_simulation",
     "run_sweep",
     "simulate",
@@ -172,6 +194,16 @@ if TYPE_CHECKING:  # what static tools (IDEs, type checkers, the API docs) read
         SoftmaxAttention,
         split_heads,
     )
+    from tokendyn.engine.blocks import (
+        MLP,
+        Block,
+        Layer,
+        LayerSchedule,
+        Norm,
+        PositionalAttention,
+        ResampledSchedule,
+        draw_qkv,
+    )
     from tokendyn.engine.initial import (
         beta_from_law,
         gaussian_cloud,
@@ -200,6 +232,7 @@ if TYPE_CHECKING:  # what static tools (IDEs, type checkers, the API docs) read
         sliced_wasserstein,
         wasserstein,
     )
+    from tokendyn.engine.retrieval import retrieval_profile
     from tokendyn.engine.space import Euclidean, Space, Sphere, get_space
     from tokendyn.errors import ConfigError, NonFiniteStateError, StoreError, TokendynError
     from tokendyn.theory import GaussianClosure, dmft, icl, make_closure, multiscale, solve_closure
