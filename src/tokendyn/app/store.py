@@ -340,7 +340,14 @@ def _chunk_keys(array, n_time_chunks: int) -> list[str]:
 
 
 def _verify_chunks(p: Path, group, names: list[str], committed: int) -> None:
-    """Decode every committed chunk of every time-array (one chunk in memory at a time)."""
+    """Decode every committed chunk of every time-array (one chunk in memory at a time). `x` must
+    be finite, except on the padding of a model trace (tokens at or past each sequence's
+    `length`, NaN by design)."""
+    padding = None
+    if "length" in group:  # a model trace: x is (time, batch, token, dim), right-padded with NaN
+        n_tokens = group["x"].shape[-2]
+        lengths = np.atleast_1d(np.asarray(group["length"][...]))
+        padding = np.arange(n_tokens)[None, :] >= lengths[:, None]  # (batch, token)
     for name in names:
         array = group[name]
         per = array.chunks[0]
@@ -351,7 +358,12 @@ def _verify_chunks(p: Path, group, names: list[str], committed: int) -> None:
                 raise _damaged(
                     p, f"'{name}' frames {start}… cannot be decoded: {type(err).__name__}"
                 ) from None
-            if name == "x" and not np.isfinite(block).all():
+            finite = np.isfinite(block)
+            if name == "x" and padding is not None:  # (time, [batch,] token, dim)
+                finite |= (
+                    padding[None, :, :, None] if finite.ndim == 4 else padding[0][None, :, None]
+                )
+            if name == "x" and not finite.all():
                 raise _damaged(p, f"'x' holds NaN or Inf at frames {start}…")
 
 
