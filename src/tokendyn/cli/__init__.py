@@ -7,7 +7,18 @@ from typing import Annotated
 
 import typer
 
-from tokendyn.cli import bench, closure, dmft, figures, icl, multiscale, reproduce, run, sweep
+from tokendyn.cli import (
+    bench,
+    closure,
+    dmft,
+    figures,
+    icl,
+    multiscale,
+    reproduce,
+    run,
+    sweep,
+    view,
+)
 
 app = typer.Typer(
     add_completion=False,
@@ -37,7 +48,7 @@ def _root(
         torch.set_num_threads(threads)
 
 
-for _module in (run, figures, sweep, bench, reproduce, closure, dmft, icl, multiscale):
+for _module in (run, figures, sweep, bench, reproduce, closure, dmft, icl, multiscale, view):
     _module.register(app)
 
 
