@@ -1,7 +1,7 @@
 """
 # Every attention variant, side by side
 
-The same 128 tokens on S², the same Q = K = V = I and β = 4, integrated to t = 12 with each
+The same 64 tokens on S², the same Q = K = V = I and β = 4, integrated to t = 10 with each
 velocity field of the engine: softmax, the unnormalised USA variant (1/N instead of the partition
 function), causal softmax, two heads (the authors' row-block split), L2 (exp(−β‖Qx − Ky‖²)),
 sigmoid (mean-field 1/N form) and Sinkhorn (doubly stochastic, ε = 1/β).
@@ -22,16 +22,16 @@ from tokendyn.viz.plot import draw_cloud_3d
 beta = 4.0
 gen = torch.Generator().manual_seed(0)
 sphere = td.Sphere(3)
-x0 = sphere.sample(1, 128, 3, gen, torch.float64)[0]
+x0 = sphere.sample(1, 64, 3, gen, torch.float64)[0]
 I = torch.eye(3, dtype=torch.float64)
 head = td.Head(Q=I, K=I, V=I, beta=beta)
 I4 = torch.eye(4, dtype=torch.float64)
 variants = {  # name: (field, t_end, dt)
-    "softmax": (td.SoftmaxAttention([head]), 12.0, 0.1),
-    "USA (1/N)": (td.SoftmaxAttention([head], normalise="n"), 12.0, 0.02),
-    "causal softmax": (td.SoftmaxAttention([head], mask="causal"), 12.0, 0.1),
-    "L2": (td.L2Attention([head]), 12.0, 0.1),
-    "sigmoid": (td.SigmoidAttention([head]), 12.0, 0.1),
+    "softmax": (td.SoftmaxAttention([head]), 10.0, 0.1),
+    "USA (1/N)": (td.SoftmaxAttention([head], normalise="n"), 10.0, 0.02),
+    "causal softmax": (td.SoftmaxAttention([head], mask="causal"), 10.0, 0.1),
+    "L2": (td.L2Attention([head]), 10.0, 0.1),
+    "sigmoid": (td.SigmoidAttention([head]), 10.0, 0.1),
     "Sinkhorn, t = 4": (td.SinkhornAttention([head], tol=1e-6), 4.0, 0.2),
 }
 finals = {}
@@ -40,10 +40,10 @@ for name, (field, t_end, dt) in variants.items():
     finals[name] = ds["x"].values[-1]
 
 # Two heads need d divisible by 2: the same experiment on S³, drawn in its top-3 principal axes.
-x4 = td.Sphere(4).sample(1, 128, 4, gen, torch.float64)[0]
+x4 = td.Sphere(4).sample(1, 64, 4, gen, torch.float64)[0]
 two_heads = td.SoftmaxAttention(td.split_heads(I4, I4, I4, 2, beta))
 finals["2 heads (S³, PCA)"] = td.simulate(
-    two_heads, td.Sphere(4), x4, t_end=12.0, dt=0.1, method="heun", save_every=1000
+    two_heads, td.Sphere(4), x4, t_end=10.0, dt=0.1, method="heun", save_every=1000
 )["x"].values[-1]
 
 # %%

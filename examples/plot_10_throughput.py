@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 from tokendyn.bench.throughput import run_bench
 
 ns = (256, 512, 1024, 2048)
-rows = list(run_bench(ns=ns, ds=(3,), backends=("dense", "tiled", "sdpa", "naive"), repeats=2))
+rows = list(run_bench(ns=ns, ds=(3,), backends=("dense", "tiled", "sdpa", "naive"), repeats=1))
 for r in rows:
     print(f"{r['backend']:6s} N = {r['n']:5d}: {r['pairs_per_s'] / 1e6:8.1f} M pairs/s")
 

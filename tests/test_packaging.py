@@ -49,13 +49,15 @@ def test_wheel_installs_and_runs_in_a_fresh_venv(tmp_path: Path) -> None:
     assert "tokendyn/engine/kernels/_fused.c" in zipfile.ZipFile(wheel).namelist()
     with tarfile.open(sdist) as tar:
         assert any(n.endswith("src/tokendyn/engine/kernels/_fused.c") for n in tar.getnames())
+    # the installed wheel, not this checkout: with PYTHONPATH=src pip would find the source
+    # tree's egg-info and skip the install
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["TOKENDYN_CACHE"] = str(tmp_path / "cache")
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, env=env)
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet"]
-    subprocess.run([*pip, TORCH_PIN], check=True)  # the CPU build first, as `make install`
-    subprocess.run([*pip, str(wheel)], check=True)
-    env = {**os.environ, "TOKENDYN_CACHE": str(tmp_path / "cache")}
-    env.pop("PYTHONPATH", None)  # the installed wheel, not this checkout
+    subprocess.run([*pip, TORCH_PIN], check=True, env=env)  # the CPU build first, as `make install`
+    subprocess.run([*pip, str(wheel)], check=True, env=env)
     result = subprocess.run(
         [str(venv / "bin" / "tokendyn"), "reproduce", "--quick", "--section", "engine",
          "--out", str(tmp_path / "report")],
