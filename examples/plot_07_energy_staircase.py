@@ -28,7 +28,12 @@ times = [m.time for m in merges]
 levels = [e0] + [m.energy_after for m in merges]
 fig = Figure(figsize=(7, 4.5))
 ax = fig.add_subplot()
-ax.step([times[0] / 10, *times, times[-1] * 10], [levels[0], *levels], where="post")
+ax.step(
+    [times[0] / 10, *times, times[-1] * 10],
+    [*levels, levels[-1]],
+    where="post",
+    label="just after each merge",
+)
 ax.plot(times, [m.energy_before for m in merges], "o", ms=4, label="just before a merge")
 ax.set_xscale("log")
 ax.set(
