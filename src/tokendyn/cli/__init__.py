@@ -18,6 +18,7 @@ from tokendyn.cli import (
     reproduce,
     run,
     sweep,
+    view,
 )
 
 app = typer.Typer(
@@ -48,7 +49,7 @@ def _root(
         torch.set_num_threads(threads)
 
 
-for _module in (run, figures, sweep, bench, reproduce, closure, dmft, icl, multiscale, model):
+for _module in (run, figures, sweep, bench, reproduce, closure, dmft, icl, multiscale, model, view):
     _module.register(app)
 
 

@@ -291,18 +291,13 @@ def plot_run(ds: xr.Dataset, out_dir: str | Path, batch: int = 0) -> list[Path]:
     return paths
 
 
-def plot_phase(
-    ds: xr.Dataset,
-    x: str,
-    y: str,
-    stat: str,
-    select: dict[str, object] | None = None,
-    path: str | Path | None = None,
-) -> Figure:
-    """Phase diagram of a sweep store: `stat` over (x, y), e.g. clusters over (β, time) or the time
-    to one cluster over (β, d). Other grid dimensions are fixed by `select` (nearest value) or
-    averaged (NaNs of failed points ignored); a time-dependent stat with y ≠ time is shown at the
-    final time unless `select` gives one."""
+def phase_grid(
+    ds: xr.Dataset, x: str, y: str, stat: str, select: dict[str, object] | None = None
+) -> tuple[xr.DataArray, list[str]]:
+    """`stat` of a sweep store as a (y, x) grid, numeric axes sorted: other grid dimensions fixed
+    by `select` (nearest value) or averaged (NaNs of failed points ignored); a time-dependent stat
+    with y ≠ time is taken at the final time unless `select` gives one. Returns the grid and the
+    averaged dimensions."""
     if stat not in ds:
         names = [v for v in ds.data_vars if v not in ("status", "error")]
         raise ConfigError("stat", f"{stat!r} is not in the store", f"use one of {', '.join(names)}")
@@ -326,12 +321,26 @@ def plot_phase(
         var = var.sel({name: value}, method="nearest" if var[name].dtype.kind in "fiu" else None)
     if "time" in var.dims and "time" not in (x, y):
         var = var.isel(time=-1)
-    rest = [d for d in var.dims if d not in (x, y)]
+    rest = [str(d) for d in var.dims if d not in (x, y)]
     var = var.mean(rest, skipna=True) if rest else var
     grid = var.transpose(y, x)
     for axis in (x, y):
         if grid[axis].dtype.kind in "fiu":
             grid = grid.sortby(axis)
+    return grid, rest
+
+
+def plot_phase(
+    ds: xr.Dataset,
+    x: str,
+    y: str,
+    stat: str,
+    select: dict[str, object] | None = None,
+    path: str | Path | None = None,
+) -> Figure:
+    """Phase diagram of a sweep store: `stat` over (x, y), e.g. clusters over (β, time) or the time
+    to one cluster over (β, d), from `phase_grid` (other dimensions selected or averaged)."""
+    grid, rest = phase_grid(ds, x, y, stat, select)
     fig = Figure(figsize=(6.4, 4.6))
     ax = fig.add_subplot()
     xs, ys = _edges(grid[x].values), _edges(grid[y].values)
