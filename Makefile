@@ -16,14 +16,14 @@ $(BIN)/tokendyn: pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# A CPU build of torch first (from this machine's wheel cache); pyproject keeps torch>=2.4.
 	$(BIN)/python -m pip install --quiet "$(TORCH_PIN)"
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,models]"
 	touch $(BIN)/tokendyn
 
 install: $(BIN)/tokendyn
 
 # the docs extra (mkdocs-material, mkdocstrings, mkdocs-gallery) on top of the install
 $(BIN)/mkdocs: pyproject.toml $(BIN)/tokendyn
-	$(BIN)/python -m pip install --quiet -e ".[dev,docs]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,models,docs]"
 	touch $(BIN)/mkdocs
 
 run: install
