@@ -13,7 +13,7 @@ from tokendyn.viz.plot import plot_circle_angles
 
 gen = torch.Generator().manual_seed(0)
 sphere = td.Sphere(2)
-x0 = sphere.sample(1, 64, 2, gen, torch.float64)[0]
+x0 = td.uniform_sphere(1, 64, 2, gen)[0]
 I = torch.eye(2, dtype=torch.float64)
 field = td.SoftmaxAttention([td.Head(Q=I, K=I, V=I, beta=4.0)])
 ds = td.simulate(field, sphere, x0, t_end=30.0, dt=0.1, save_every=2)

@@ -13,7 +13,7 @@ from tokendyn.viz.plot import plot_sphere, plot_statistics
 
 gen = torch.Generator().manual_seed(0)
 sphere = td.Sphere(3)
-x0 = sphere.sample(1, 500, 3, gen, torch.float64)[0]
+x0 = td.uniform_sphere(1, 500, 3, gen)[0]
 I = torch.eye(3, dtype=torch.float64)
 field = td.SoftmaxAttention([td.Head(Q=I, K=I, V=I, beta=4.0)])
 stats = {

@@ -22,7 +22,7 @@ from tokendyn.viz.plot import draw_cloud_3d
 beta = 4.0
 gen = torch.Generator().manual_seed(0)
 sphere = td.Sphere(3)
-x0 = sphere.sample(1, 64, 3, gen, torch.float64)[0]
+x0 = td.uniform_sphere(1, 64, 3, gen)[0]
 I = torch.eye(3, dtype=torch.float64)
 head = td.Head(Q=I, K=I, V=I, beta=beta)
 I4 = torch.eye(4, dtype=torch.float64)
@@ -40,7 +40,7 @@ for name, (field, t_end, dt) in variants.items():
     finals[name] = ds["x"].values[-1]
 
 # Two heads need d divisible by 2: the same experiment on S³, drawn in its top-3 principal axes.
-x4 = td.Sphere(4).sample(1, 64, 4, gen, torch.float64)[0]
+x4 = td.uniform_sphere(1, 64, 4, gen)[0]
 two_heads = td.SoftmaxAttention(td.split_heads(I4, I4, I4, 2, beta))
 finals["2 heads (S³, PCA)"] = td.simulate(
     two_heads, td.Sphere(4), x4, t_end=10.0, dt=0.1, method="heun", save_every=1000

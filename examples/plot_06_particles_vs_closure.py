@@ -15,8 +15,8 @@ import tokendyn as td
 d, n, beta = 2, 2000, 1.0
 mean0 = torch.tensor([0.3, -0.2], dtype=torch.float64)
 cov0 = torch.tensor([[0.5, 0.1], [0.1, 0.3]], dtype=torch.float64)
-space = td.Euclidean(mean=mean0, cov=cov0)
-x0 = space.sample(1, n, d, torch.Generator().manual_seed(0), torch.float64)[0]
+space = td.Euclidean()
+x0 = td.gaussian_cloud(1, n, d, torch.Generator().manual_seed(0), mean0, cov0)[0]
 I = torch.eye(d, dtype=torch.float64)
 field = td.SoftmaxAttention([td.Head(Q=I, K=I, V=-I, beta=beta)])
 ds = td.simulate(field, space, x0, t_end=2.0, dt=0.1)

@@ -16,7 +16,7 @@ from tokendyn.viz.animate import animate_run
 
 gen = torch.Generator().manual_seed(3)
 sphere = td.Sphere(3)
-x0 = sphere.sample(1, 200, 3, gen, torch.float64)[0]
+x0 = td.uniform_sphere(1, 200, 3, gen)[0]
 I = torch.eye(3, dtype=torch.float64)
 field = td.SoftmaxAttention([td.Head(Q=I, K=I, V=I, beta=6.0)])
 ds = td.simulate(field, sphere, x0, t_end=12.0, dt=0.1, save_every=6)
