@@ -28,47 +28,47 @@ def _cloud(n, d, seed=0, b=2):
     return torch.randn(b, n, d, generator=torch.Generator().manual_seed(seed), dtype=F64)
 
 
-def test_softmax_matches_explicit_formula(gen):
+def test_softmax_matches_explicit_formula(gen, backend):
     Q, K, V = random_qkv(3, gen)
     x = _cloud(40, 3)
     beta = 1.7
     scores = beta * (x @ Q.T) @ (x @ K.T).transpose(1, 2)
     want = torch.softmax(scores, -1) @ (x @ V.T)
-    got = SoftmaxAttention([Head(Q, K, V, beta)], backend="tiled")(x)
+    got = SoftmaxAttention([Head(Q, K, V, beta)], backend=backend)(x)
     assert (got - want).abs().max() < 1e-12
-    usa = SoftmaxAttention([Head(Q, K, V, beta)], normalise="n", backend="tiled")(x)
+    usa = SoftmaxAttention([Head(Q, K, V, beta)], normalise="n", backend=backend)(x)
     want_usa = torch.exp(scores) @ (x @ V.T) / 40
     assert ((usa - want_usa).abs() / want_usa.abs().clamp(min=1)).max() < 1e-12
 
 
-def test_l2_matches_explicit_formula(gen):
+def test_l2_matches_explicit_formula(gen, backend):
     Q, K, V = random_qkv(3, gen)
     x = _cloud(40, 3)
     beta = 0.8
     dist2 = ((x @ Q.T)[:, :, None, :] - (x @ K.T)[:, None, :, :]).pow(2).sum(-1)
     w = torch.exp(-beta * dist2)
     want = (w / w.sum(-1, keepdim=True)) @ (x @ V.T)
-    assert (L2Attention([Head(Q, K, V, beta)], backend="tiled")(x) - want).abs().max() < 1e-12
+    assert (L2Attention([Head(Q, K, V, beta)], backend=backend)(x) - want).abs().max() < 1e-12
     want_n = w @ (x @ V.T) / 40
-    got_n = L2Attention([Head(Q, K, V, beta)], normalise="n", backend="tiled")(x)
+    got_n = L2Attention([Head(Q, K, V, beta)], normalise="n", backend=backend)(x)
     assert (got_n - want_n).abs().max() < 1e-12
 
 
-def test_sigmoid_forms_match_explicit_formulas(gen):
+def test_sigmoid_forms_match_explicit_formulas(gen, backend):
     Q, K, V = random_qkv(3, gen)
     x = _cloud(40, 3)
     logits = 1.3 * (x @ Q.T) @ (x @ K.T).transpose(1, 2)
-    meanfield = SigmoidAttention([Head(Q, K, V, 1.3)], bias=0.4, backend="tiled")(x)
+    meanfield = SigmoidAttention([Head(Q, K, V, 1.3)], bias=0.4, backend=backend)(x)
     assert (meanfield - torch.sigmoid(logits + 0.4) @ (x @ V.T) / 40).abs().max() < 1e-13
-    practical = SigmoidAttention([Head(Q, K, V, 1.3)], form="practical", backend="tiled")(x)
+    practical = SigmoidAttention([Head(Q, K, V, 1.3)], form="practical", backend=backend)(x)
     assert (practical - torch.sigmoid(logits - math.log(40)) @ (x @ V.T)).abs().max() < 1e-13
 
 
-def test_multihead_is_sum_of_block_heads(gen):
+def test_multihead_is_sum_of_block_heads(gen, backend):
     d, H = 4, 2
     Q, K, V = random_qkv(d, gen)
     x = _cloud(30, d)
-    got = SoftmaxAttention(split_heads(Q, K, V, H, 0.9), backend="tiled")(x)
+    got = SoftmaxAttention(split_heads(Q, K, V, H, 0.9), backend=backend)(x)
     want = torch.zeros_like(x)
     for h in range(H):
         rows = slice(2 * h, 2 * h + 2)
