@@ -141,6 +141,76 @@ def metrics(
         print(f"{layer:>5} " + " ".join(cells))
 
 
+def _open(model: str, dtype: str, device: str, revision: str | None) -> object:
+    from tokendyn.models.open import open_model, require_transformers
+
+    hf_logging = require_transformers().logging
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    return open_model(model, dtype=dtype, device=device, revision=revision)
+
+
+def _text_ids(opened: object, text: Path | None) -> list[int] | None:
+    """The token ids of the text file's lines joined (truncated to the context with a warning)."""
+    if text is None:
+        return None
+    from tokendyn.models.trace import inputs_from_texts
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        inputs = inputs_from_texts(opened, [" ".join(_read("text", text).split())], str(text))
+    for warning in caught:
+        err_console.print(f"[yellow]warning:[/] {warning.message}", highlight=False, soft_wrap=True)
+    return list(inputs.ids[0])
+
+
+ModelOpt = Annotated[
+    str, typer.Option(help="a model directory (save_pretrained) or a hub name, e.g. gpt2")
+]
+TextOpt = Annotated[
+    Path | None, typer.Option(help="text file (its lines joined into one sequence)")
+]
+DtypeOpt = Annotated[Dtype, typer.Option(help="weights' dtype")]  # type: ignore[valid-type]
+DeviceOpt = Annotated[str, typer.Option(help="cpu or cuda")]
+RevisionOpt = Annotated[str | None, typer.Option(help="hub revision (branch, tag, commit)")]
+
+
+@friendly_errors
+def weights(
+    model: ModelOpt,
+    text: TextOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    figure: Annotated[Path | None, typer.Option(help="write the spectra figure (.png)")] = None,
+    dtype: DtypeOpt = Dtype.float32,  # type: ignore[attr-defined]
+    device: DeviceOpt = "cpu",
+    revision: RevisionOpt = None,
+) -> None:
+    """Per layer and head: spectra of B = sym(W_Q W_Kᵀ)/√d_k and of W_O W_V, and the effective
+    β = λ_max(B)·mean|y|² (y the layer's attention input, on --text or a seeded probe)."""
+    from tokendyn.models.weights import weight_report
+
+    opened = _open(model, dtype.value, device, revision)
+    report = weight_report(opened, _text_ids(opened, text))
+    if figure is not None:
+        from tokendyn.viz.models import plot_weight_spectra
+
+        plot_weight_spectra(report, figure)
+    data = {k: v for k, v in report.items() if k != "spectra"}
+    if as_json:
+        print(json.dumps(data))
+        return
+    print(f"{data['model']}: {data['architecture']} ({data['scheme']}), {data['heads']} heads")
+    print("layer  rho       beta_eff(min..max over heads)  max eig B   max Re eig OV")
+    for i in data["layers"]:
+        b = data["effective_beta"][i]
+        eb = max(h["max"] for h in data["B"][i])
+        eo = max(h["max"] for h in data["OV"][i])
+        print(
+            f"{i:>5}  {data['rho'][i]:<8.4g}  {min(b):<10.4g}..{max(b):<10.4g}          "
+            f"{eb:<10.4g}  {eo:.4g}"
+        )
+
+
 def register(app: typer.Typer) -> None:
     """Add the `model` command group."""
     group = typer.Typer(
@@ -148,4 +218,5 @@ def register(app: typer.Typer) -> None:
     )
     group.command()(trace)
     group.command()(metrics)
+    group.command()(weights)
     app.add_typer(group, name="model")
