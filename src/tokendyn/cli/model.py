@@ -211,6 +211,58 @@ def weights(
         )
 
 
+def _ids_or_probe(opened: object, text: Path | None) -> list[int]:
+    from tokendyn.models.weights import probe_ids
+
+    ids = _text_ids(opened, text)
+    return probe_ids(opened) if ids is None else ids
+
+
+@friendly_errors
+def compare(
+    model: ModelOpt,
+    out: Annotated[Path, typer.Option(help="folder for compare.json and compare.png")],
+    text: TextOpt = None,
+    dt: Annotated[
+        list[float] | None, typer.Option(help="time steps per layer (repeat; default 1, 0.5, 0.25)")
+    ] = None,
+    far: Annotated[int, typer.Option(help="shared weights: run to far × depth")] = 10,
+    seed: Annotated[int, typer.Option(help="seed of the random-weights null")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    dtype: DtypeOpt = Dtype.float32,  # type: ignore[attr-defined]
+    device: DeviceOpt = "cpu",
+    revision: RevisionOpt = None,
+) -> None:
+    """Integrate the particle system with the model's own weights from the layer-0 embeddings
+    (attention only; attention + MLP; several dt) and compare with the real hidden states per
+    layer, beside the identity and random-weights nulls."""
+    from tokendyn.models.compare import compare as run_compare
+    from tokendyn.viz.models import plot_compare
+
+    opened = _open(model, dtype.value, device, revision)
+    result = run_compare(
+        opened, _ids_or_probe(opened, text), dts=tuple(dt or (1.0, 0.5, 0.25)), seed=seed, far=far
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "compare.json").write_text(json.dumps(result))
+    plot_compare(result, path=out / "compare.png")
+    if as_json:
+        print(json.dumps(result))
+        return
+    last = result["layers"][-1]
+    print(f"{result['model']}: cosine error at layer {last} (1 − cos, mean over tokens)")
+    for group in ("error", "null_error"):
+        for name, values in result[group]["cosine"].items():
+            print(f"  {'null ' if group == 'null_error' else ''}{name:<24} {values[-1]:.4g}")
+    if "long_run" in result:
+        lr = result["long_run"]
+        print(
+            f"  autonomous run to t={lr['time'][-1]}: {lr['final_clusters']} clusters "
+            f"from t={lr['settled_at']}"
+        )
+    print(f"wrote {out / 'compare.json'} and {out / 'compare.png'}")
+
+
 def register(app: typer.Typer) -> None:
     """Add the `model` command group."""
     group = typer.Typer(
@@ -219,4 +271,5 @@ def register(app: typer.Typer) -> None:
     group.command()(trace)
     group.command()(metrics)
     group.command()(weights)
+    group.command()(compare)
     app.add_typer(group, name="model")

@@ -101,3 +101,48 @@ def plot_weight_spectra(report: dict, path: str | Path | None = None) -> Figure:
     fig.suptitle(f"{report['model']} — weight spectra", fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def plot_compare(
+    result: dict,
+    metrics: tuple[str, ...] = ("cosine", "w2", "mean_cosine"),
+    path: str | Path | None = None,
+) -> Figure:
+    """Error against layer for each particle model (solid: attention only, dotted: attention + MLP;
+    one line per dt) and the nulls (dashed grey), one panel per metric
+    (`tokendyn.models.compare.compare`); with shared weights, a last panel of the cluster count of
+    the autonomous long run against time."""
+    long_run = result.get("long_run")
+    n = len(metrics) + (long_run is not None)
+    fig = Figure(figsize=(4 * n, 3.4))
+    axes = fig.subplots(1, n, squeeze=False).ravel()
+    layers = result["layers"]
+    for ax, metric in zip(axes, metrics, strict=False):
+        for name, values in result["error"][metric].items():
+            ax.plot(
+                layers,
+                values,
+                ls="-" if name.startswith("attention dt") else ":",
+                marker=".",
+                label=name,
+            )
+        for name, values in result["null_error"][metric].items():
+            ax.plot(
+                layers,
+                values,
+                ls="--",
+                color="0.5" if name == "identity" else "0.75",
+                label=f"null: {name}",
+            )
+        ax.set(xlabel="layer", title=f"error: {metric}")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=6)
+    if long_run is not None:
+        ax = axes[-1]
+        ax.plot(long_run["time"], long_run["clusters"], marker=".")
+        ax.axvline(len(layers) - 1, color="0.6", ls=":", label="model depth")
+        ax.set(xlabel="t (layers)", ylabel="clusters", title="autonomous long run")
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{result['model']} — particle model vs real hidden states", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
