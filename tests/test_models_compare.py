@@ -94,3 +94,78 @@ def test_cli_compare_json(tmp_path):
     assert {"layers", "error", "null_error"} <= set(data)
     assert set(data["error"]["cosine"]) == {"attention dt=1", "attention+mlp dt=1"}
     assert (tmp_path / "o" / "compare.png").stat().st_size > 0
+
+
+def synthetic_layers(L: int = 3, d: int = 8, H: int = 2, seed: int = 0):
+    from tokendyn.engine.blocks import Layer, PositionalAttention, heads_from_projections
+
+    gen = torch.Generator().manual_seed(seed)
+    layers = []
+    for _ in range(L):
+        Wq, Wk, Wv = (torch.randn(H * 4, d, generator=gen, dtype=torch.float64) for _ in "qkv")
+        Wo = torch.randn(d, H * 4, generator=gen, dtype=torch.float64) / 4
+        heads = heads_from_projections(Wq, Wk, Wv, Wo, H, beta=0.5)
+        layers.append(Layer(PositionalAttention(heads, backend="dense")))
+    return layers
+
+
+@pytest.mark.parametrize("fit_dt", [False, True])
+def test_fit_recovers_planted_betas(fit_dt):
+    """Noise-free data from planted c (and τ); the loss is 0 there. Near the optimum loss ≈ ½ δᵀHδ,
+    so the parameter error is |δ| ≤ √(2·loss/λ_min(H)) (H the Hessian in (log c, log τ) at the
+    planted point, computed here by autograd); allowed: twice that (the cubic remainder), and the
+    fit must reach a bound below 10⁻³ to count as a recovery."""
+    from tokendyn.engine.blocks import Block, LayerSchedule
+    from tokendyn.models.fit import fit_layers, rollout, trajectory_loss
+
+    layers = synthetic_layers()
+    L = len(layers)
+    planted_c = torch.tensor([0.6, 1.8, 1.3], dtype=torch.float64)
+    planted_tau = torch.tensor([0.8, 1.0, 1.25] if fit_dt else [1.0] * L, dtype=torch.float64)
+    block = Block(LayerSchedule(layers, 1.0), norm="pre-ln")
+    x0 = torch.randn(12, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    with torch.no_grad():
+        target = torch.stack(rollout(block, layers, x0, planted_c, planted_tau))
+    result = fit_layers(layers, "pre-ln", target, fit_dt=fit_dt)
+    assert result.loss < result.initial_loss
+
+    truth = torch.cat([planted_c.log(), planted_tau.log()] if fit_dt else [planted_c.log()])
+
+    def loss_at(p):
+        c = p[:L].exp()
+        tau = p[L:].exp() if fit_dt else planted_tau
+        return trajectory_loss(rollout(block, layers, x0, c, tau), target)
+
+    hess = torch.autograd.functional.hessian(loss_at, truth)
+    lam_min = float(torch.linalg.eigvalsh(hess)[0])
+    assert lam_min > 0  # identifiable
+    bound = (2 * result.loss / lam_min) ** 0.5
+    assert bound < 1e-3
+    fitted = torch.tensor(result.c + (result.tau if fit_dt else []), dtype=torch.float64).log()
+    assert float((fitted - truth).norm()) <= 2 * bound + 1e-12
+
+
+def test_fit_on_a_model_reports_weight_read_beta():
+    from tokendyn.models.fit import fit_model
+
+    out = fit_model(opened("gpt2"), IDS, max_iter=20)
+    assert len(out["beta_scale"]) == len(out["effective_beta_weights"]) == 2
+    np.testing.assert_allclose(
+        out["effective_beta_fit"],
+        np.array(out["beta_scale"]) * np.array(out["effective_beta_weights"]),
+    )
+    assert out["loss"] <= out["initial_loss"]
+
+
+def test_cli_fit_json(tmp_path):
+    from typer.testing import CliRunner
+
+    from tokendyn.cli import app
+
+    tiny_model("albert").save_pretrained(tmp_path / "m")
+    tokenizer().save_pretrained(tmp_path / "m")
+    args = ["model", "fit", "--model", str(tmp_path / "m"), "--max-iter", "5", "--json"]
+    result = CliRunner().invoke(app, [*args, "--fit-dt"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert len(data["beta_scale"]) == len(data["dt"]) == 3

@@ -263,6 +263,40 @@ def compare(
     print(f"wrote {out / 'compare.json'} and {out / 'compare.png'}")
 
 
+@friendly_errors
+def fit(
+    model: ModelOpt,
+    text: TextOpt = None,
+    fit_dt: Annotated[
+        bool, typer.Option("--fit-dt", help="also fit a time step per layer")
+    ] = False,
+    max_iter: Annotated[int, typer.Option(help="L-BFGS iterations")] = 200,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    dtype: DtypeOpt = Dtype.float32,  # type: ignore[attr-defined]
+    device: DeviceOpt = "cpu",
+    revision: RevisionOpt = None,
+) -> None:
+    """Fit a per-layer β multiplier (and with --fit-dt a time step) of the attention-only particle
+    model to the real trajectory by gradient descent; print it beside the weight-read β."""
+    from tokendyn.models.fit import fit_model
+
+    opened = _open(model, dtype.value, device, revision)
+    result = fit_model(opened, _ids_or_probe(opened, text), fit_dt=fit_dt, max_iter=max_iter)
+    if as_json:
+        print(json.dumps(result))
+        return
+    print(
+        f"{result['model']}: loss {result['initial_loss']:.4g} → {result['loss']:.4g} "
+        f"({result['iterations']} iterations)"
+    )
+    print("layer  beta_scale  dt        beta_eff(weights)  beta_eff(fit)")
+    for i in result["layers"]:
+        print(
+            f"{i:>5}  {result['beta_scale'][i]:<10.4g}  {result['dt'][i]:<8.4g}  "
+            f"{result['effective_beta_weights'][i]:<17.4g}  {result['effective_beta_fit'][i]:.4g}"
+        )
+
+
 def register(app: typer.Typer) -> None:
     """Add the `model` command group."""
     group = typer.Typer(
@@ -272,4 +306,5 @@ def register(app: typer.Typer) -> None:
     group.command()(metrics)
     group.command()(weights)
     group.command()(compare)
+    group.command()(fit)
     app.add_typer(group, name="model")
