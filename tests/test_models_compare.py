@@ -169,3 +169,21 @@ def test_cli_fit_json(tmp_path):
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert len(data["beta_scale"]) == len(data["dt"]) == 3
+
+
+def test_report_section_with_cached_models(tmp_path, monkeypatch):
+    """The study's trained-model path, on tiny random models saved under the cached names."""
+    from tokendyn.studies import real_models
+
+    for arch, name in (("albert", "albert-docstrings"), ("gpt2", "gpt2-docstrings")):
+        tiny_model(arch).save_pretrained(tmp_path / "cache" / name)
+        tokenizer(arch == "albert").save_pretrained(tmp_path / "cache" / name)
+    monkeypatch.setenv("TOKENDYN_MODEL_CACHE", str(tmp_path / "cache"))
+    section = real_models.run(True, tmp_path)
+    failed = [c.name for c in section.checks if not c.passed]
+    assert not failed
+    assert "Not cached" not in section.intro
+    assert len(section.figures) == 8
+    assert all(path.stat().st_size > 0 for path, _ in section.figures)
+    summary = json.loads((tmp_path / "real_models_albert-docstrings.json").read_text())
+    assert summary["long_run"] is not None

@@ -13,9 +13,9 @@ pytest.importorskip("transformers")
 
 import torch
 
+from tokendyn.models import weights
 from tokendyn.models.open import open_model
 from tokendyn.models.weights import (
-    model_block,
     read_layers,
     residual_stream,
     weight_report,
@@ -32,17 +32,7 @@ TOL = {"float64": 1e-10, "float32": 1e-5}
 
 def identity_gaps(name: str, dtype: str) -> tuple[float, float]:
     om = open_model(tiny_model(name), dtype=dtype, tokenizer=tokenizer())
-    block = model_block(om)
-    stream, attn = residual_stream(om, IDS, attention_outputs=True)
-    stream, attn = stream.double(), attn.double()
-    attn_gap = step_gap = 0.0
-    for layer in range(om.n_layers):
-        x = stream[layer]
-        A, y = block.attention_input(x, float(layer))
-        attn_gap = max(attn_gap, float((A(y) - attn[layer]).abs().max()))
-        step = x + 1.0 * block(x, float(layer))
-        step_gap = max(step_gap, float((step - stream[layer + 1]).abs().max()))
-    return attn_gap, step_gap
+    return weights.identity_gaps(om, IDS)
 
 
 def llama_in_float64(monkeypatch):

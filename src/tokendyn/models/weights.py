@@ -290,3 +290,21 @@ def weight_report(opened: OpenedModel, ids: list[int] | None = None) -> dict[str
         ],
         "spectra": spectra,
     }
+
+
+def identity_gaps(opened: OpenedModel, ids: list[int]) -> tuple[float, float]:
+    """max |A_l(y_l) − model attention output| and max |x_l + 1·v_l(x_l) − x_{l+1}| over every
+    layer l and entry, on the sequence `ids` (the engine in float64 on the model's weights): both
+    are round-off when the engine reproduces the model."""
+    block = model_block(opened)
+    stream, attn = residual_stream(opened, ids, attention_outputs=True)
+    assert attn is not None
+    stream, attn = stream.double().cpu(), attn.double().cpu()
+    attn_gap = step_gap = 0.0
+    for layer in range(opened.n_layers):
+        x = stream[layer]
+        A, y = block.attention_input(x, float(layer))
+        attn_gap = max(attn_gap, float((A(y) - attn[layer]).abs().max()))
+        step = x + 1.0 * block(x, float(layer))
+        step_gap = max(step_gap, float((step - stream[layer + 1]).abs().max()))
+    return attn_gap, step_gap
