@@ -191,7 +191,7 @@ def run(quick: bool, out_dir: Path) -> Section:
             "spectra, the particle model integrated from the layer-0 embeddings against the real "
             "hidden states beside identity and spectrum-matched random nulls, and the fitted β."
         ),
-        command="tokendyn reproduce --quick --only real_models",
+        command="tokendyn reproduce --quick --section real_models",
     )
     try:
         import transformers  # noqa: F401
