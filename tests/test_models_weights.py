@@ -20,6 +20,7 @@ from tokendyn.models.weights import (
     residual_stream,
     weight_report,
 )
+from tokendyn.studies.real_models import perturb_vectors
 
 from .tiny_models import BUILDERS, tiny_model, tokenizer
 
@@ -31,16 +32,37 @@ TOL = {"float64": 1e-10, "float32": 1e-5}
 
 
 def identity_gaps(name: str, dtype: str) -> tuple[float, float]:
-    om = open_model(tiny_model(name), dtype=dtype, tokenizer=tokenizer())
+    model = perturb_vectors(tiny_model(name))
+    om = open_model(model, dtype=dtype, tokenizer=tokenizer())
     return weights.identity_gaps(om, IDS)
 
 
-def llama_in_float64(monkeypatch):
-    """Hugging Face's Llama computes RMSNorm and the RoPE angles in float32 even in a float64
-    model (modeling_llama.py casts to torch.float); the same two functions without the casts, so
-    that the float64 identity is checked on float64 arithmetic. The unmodified model is checked
-    at the float32 tolerance below."""
-    from transformers.models.llama import modeling_llama as ml
+def qwen2():
+    from transformers import Qwen2Config, Qwen2Model
+
+    torch.manual_seed(0)
+    cfg = Qwen2Config(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=16,
+        vocab_size=16,
+        pad_token_id=0,
+    )
+    return perturb_vectors(Qwen2Model(cfg).eval())
+
+
+def llama_in_float64(monkeypatch, family: str = "llama"):
+    """Hugging Face's Llama (and Qwen2) computes RMSNorm and the RoPE angles in float32 even in a
+    float64 model (modeling_llama.py casts to torch.float); the same two functions without the
+    casts, so that the float64 identity is checked on float64 arithmetic. The unmodified model is
+    checked at the float32 tolerance below."""
+    import importlib
+
+    ml = importlib.import_module(f"transformers.models.{family}.modeling_{family}")
+    prefix = {"llama": "Llama", "qwen2": "Qwen2"}[family]
 
     def rms_forward(self, h):
         return self.weight * (
@@ -52,10 +74,11 @@ def llama_in_float64(monkeypatch):
         emb = torch.cat((freqs, freqs), dim=-1)
         return emb.cos() * self.attention_scaling, emb.sin() * self.attention_scaling
 
-    monkeypatch.setattr(ml.LlamaRMSNorm, "forward", rms_forward)
-    monkeypatch.setattr(ml.LlamaRotaryEmbedding, "forward", rope_forward)
+    rotary = getattr(ml, f"{prefix}RotaryEmbedding")
+    monkeypatch.setattr(getattr(ml, f"{prefix}RMSNorm"), "forward", rms_forward)
+    monkeypatch.setattr(rotary, "forward", rope_forward)
     monkeypatch.setattr(
-        ml.LlamaRotaryEmbedding,
+        rotary,
         "original_inv_freq64",
         property(
             lambda self: (
@@ -81,6 +104,17 @@ def test_one_euler_step_is_one_layer(name, dtype, monkeypatch):
     attn_gap, step_gap = identity_gaps(name, dtype)
     assert attn_gap < TOL[dtype]
     assert step_gap < TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_qwen2_with_qkv_biases(dtype, monkeypatch):
+    if dtype == "float64":
+        llama_in_float64(monkeypatch, "qwen2")
+    model = qwen2()
+    assert model.layers[0].self_attn.q_proj.bias is not None
+    om = open_model(model, dtype=dtype)
+    attn_gap, step_gap = weights.identity_gaps(om, IDS)
+    assert max(attn_gap, step_gap) < TOL[dtype]
 
 
 def test_unmodified_llama_in_float64_within_its_float32_internals():

@@ -5,7 +5,8 @@ the real trajectory, and the fitted β.
 
 Identities: for a tiny random model of each architecture (built here from a config, float64), the
 engine field of layer l on that layer's input equals the model's attention sublayer output, and
-one Euler step (dt = 1) of the block equals the layer's output (`weights.identity_gaps`), bound
+one Euler step (dt = 1) of the block equals the layer's output (biases, γ and b perturbed away
+from their initial 0 and 1) (`weights.identity_gaps`), bound
 1e-10. Hugging Face's Llama evaluates RMSNorm and the RoPE angles in float32 even in a float64
 model, so its bound is the float32 one, 1e-5 (the tests check 1e-10 with those two in float64).
 
@@ -72,6 +73,17 @@ def tiny_models() -> dict[str, Any]:
     }
 
 
+def perturb_vectors(model: Any, seed: int = 0, scale: float = 0.1) -> Any:
+    """Add N(0, scale²) to every 1-D parameter (biases, norms' γ and b): a freshly initialised
+    model has zero biases and γ = 1, which would leave their handling unchecked."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.add_(scale * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    return model
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("TOKENDYN_MODEL_CACHE", Path.home() / ".cache/tokendyn/models"))
 
@@ -95,7 +107,7 @@ def identity_checks(section: Section) -> None:
 
     for name, build in tiny_models().items():
         torch.manual_seed(0)
-        om = open_model(build().eval(), dtype="float64")
+        om = open_model(perturb_vectors(build().eval()), dtype="float64")
         attn_gap, step_gap = identity_gaps(om, IDS)
         tol = IDENTITY_TOL["float32" if name in FLOAT32_INTERNALS else "float64"]
         note = "float64 model; " + (
