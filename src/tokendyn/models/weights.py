@@ -219,7 +219,7 @@ def probe_ids(opened: OpenedModel, n: int = PROBE_TOKENS, seed: int = 0) -> list
 
 def attention_inputs(block: Block, stream: torch.Tensor) -> torch.Tensor:
     """y_l = the cloud layer l's attention reads (N_attn x_l for pre-LN, x_l for post-LN)."""
-    x = stream.to(torch.float64)
+    x = stream.to(torch.float64).cpu()
     return torch.stack([block.attention_input(x[i], float(i))[1] for i in range(len(x) - 1)])
 
 
