@@ -141,6 +141,162 @@ def metrics(
         print(f"{layer:>5} " + " ".join(cells))
 
 
+def _open(model: str, dtype: str, device: str, revision: str | None) -> object:
+    from tokendyn.models.open import open_model, require_transformers
+
+    hf_logging = require_transformers().logging
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    return open_model(model, dtype=dtype, device=device, revision=revision)
+
+
+def _text_ids(opened: object, text: Path | None) -> list[int] | None:
+    """The token ids of the text file's lines joined (truncated to the context with a warning)."""
+    if text is None:
+        return None
+    from tokendyn.models.trace import inputs_from_texts
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        inputs = inputs_from_texts(opened, [" ".join(_read("text", text).split())], str(text))
+    for warning in caught:
+        err_console.print(f"[yellow]warning:[/] {warning.message}", highlight=False, soft_wrap=True)
+    return list(inputs.ids[0])
+
+
+ModelOpt = Annotated[
+    str, typer.Option(help="a model directory (save_pretrained) or a hub name, e.g. gpt2")
+]
+TextOpt = Annotated[
+    Path | None, typer.Option(help="text file (its lines joined into one sequence)")
+]
+DtypeOpt = Annotated[Dtype, typer.Option(help="weights' dtype")]  # type: ignore[valid-type]
+DeviceOpt = Annotated[str, typer.Option(help="cpu or cuda")]
+RevisionOpt = Annotated[str | None, typer.Option(help="hub revision (branch, tag, commit)")]
+
+
+@friendly_errors
+def weights(
+    model: ModelOpt,
+    text: TextOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    figure: Annotated[Path | None, typer.Option(help="write the spectra figure (.png)")] = None,
+    dtype: DtypeOpt = Dtype.float32,  # type: ignore[attr-defined]
+    device: DeviceOpt = "cpu",
+    revision: RevisionOpt = None,
+) -> None:
+    """Per layer and head: spectra of B = sym(W_Q W_Kᵀ)/√d_k and of W_O W_V, and the effective
+    β = λ_max(B)·mean|y|² (y the layer's attention input, on --text or a seeded probe)."""
+    from tokendyn.models.weights import weight_report
+
+    opened = _open(model, dtype.value, device, revision)
+    report = weight_report(opened, _text_ids(opened, text))
+    if figure is not None:
+        from tokendyn.viz.models import plot_weight_spectra
+
+        plot_weight_spectra(report, figure)
+    data = {k: v for k, v in report.items() if k != "spectra"}
+    if as_json:
+        print(json.dumps(data))
+        return
+    print(f"{data['model']}: {data['architecture']} ({data['scheme']}), {data['heads']} heads")
+    print("layer  rho       beta_eff(min..max over heads)  max eig B   max Re eig OV")
+    for i in data["layers"]:
+        b = data["effective_beta"][i]
+        eb = max(h["max"] for h in data["B"][i])
+        eo = max(h["max"] for h in data["OV"][i])
+        print(
+            f"{i:>5}  {data['rho'][i]:<8.4g}  {min(b):<10.4g}..{max(b):<10.4g}          "
+            f"{eb:<10.4g}  {eo:.4g}"
+        )
+
+
+def _ids_or_probe(opened: object, text: Path | None) -> list[int]:
+    from tokendyn.models.weights import probe_ids
+
+    ids = _text_ids(opened, text)
+    return probe_ids(opened) if ids is None else ids
+
+
+@friendly_errors
+def compare(
+    model: ModelOpt,
+    out: Annotated[Path, typer.Option(help="folder for compare.json and compare.png")],
+    text: TextOpt = None,
+    dt: Annotated[
+        list[float] | None, typer.Option(help="time steps per layer (repeat; default 1, 0.5, 0.25)")
+    ] = None,
+    far: Annotated[int, typer.Option(help="shared weights: run to far × depth")] = 10,
+    seed: Annotated[int, typer.Option(help="seed of the random-weights null")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    dtype: DtypeOpt = Dtype.float32,  # type: ignore[attr-defined]
+    device: DeviceOpt = "cpu",
+    revision: RevisionOpt = None,
+) -> None:
+    """Integrate the particle system with the model's own weights from the layer-0 embeddings
+    (attention only; attention + MLP; several dt) and compare with the real hidden states per
+    layer, beside the identity and random-weights nulls."""
+    from tokendyn.models.compare import compare as run_compare
+    from tokendyn.viz.models import plot_compare
+
+    opened = _open(model, dtype.value, device, revision)
+    result = run_compare(
+        opened, _ids_or_probe(opened, text), dts=tuple(dt or (1.0, 0.5, 0.25)), seed=seed, far=far
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "compare.json").write_text(json.dumps(result))
+    plot_compare(result, path=out / "compare.png")
+    if as_json:
+        print(json.dumps(result))
+        return
+    last = result["layers"][-1]
+    print(f"{result['model']}: cosine error at layer {last} (1 − cos, mean over tokens)")
+    for group in ("error", "null_error"):
+        for name, values in result[group]["cosine"].items():
+            print(f"  {'null ' if group == 'null_error' else ''}{name:<24} {values[-1]:.4g}")
+    if "long_run" in result:
+        lr = result["long_run"]
+        print(
+            f"  autonomous run to t={lr['time'][-1]}: {lr['final_clusters']} clusters "
+            f"from t={lr['settled_at']}"
+        )
+    print(f"wrote {out / 'compare.json'} and {out / 'compare.png'}")
+
+
+@friendly_errors
+def fit(
+    model: ModelOpt,
+    text: TextOpt = None,
+    fit_dt: Annotated[
+        bool, typer.Option("--fit-dt", help="also fit a time step per layer")
+    ] = False,
+    max_iter: Annotated[int, typer.Option(help="L-BFGS iterations")] = 200,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    dtype: DtypeOpt = Dtype.float32,  # type: ignore[attr-defined]
+    device: DeviceOpt = "cpu",
+    revision: RevisionOpt = None,
+) -> None:
+    """Fit a per-layer β multiplier (and with --fit-dt a time step) of the attention-only particle
+    model to the real trajectory by gradient descent; print it beside the weight-read β."""
+    from tokendyn.models.fit import fit_model
+
+    opened = _open(model, dtype.value, device, revision)
+    result = fit_model(opened, _ids_or_probe(opened, text), fit_dt=fit_dt, max_iter=max_iter)
+    if as_json:
+        print(json.dumps(result))
+        return
+    print(
+        f"{result['model']}: loss {result['initial_loss']:.4g} → {result['loss']:.4g} "
+        f"({result['iterations']} iterations)"
+    )
+    print("layer  beta_scale  dt        beta_eff(weights)  beta_eff(fit)")
+    for i in result["layers"]:
+        print(
+            f"{i:>5}  {result['beta_scale'][i]:<10.4g}  {result['dt'][i]:<8.4g}  "
+            f"{result['effective_beta_weights'][i]:<17.4g}  {result['effective_beta_fit'][i]:.4g}"
+        )
+
+
 def register(app: typer.Typer) -> None:
     """Add the `model` command group."""
     group = typer.Typer(
@@ -148,4 +304,7 @@ def register(app: typer.Typer) -> None:
     )
     group.command()(trace)
     group.command()(metrics)
+    group.command()(weights)
+    group.command()(compare)
+    group.command()(fit)
     app.add_typer(group, name="model")

@@ -25,7 +25,12 @@ class Architecture:
     pre_norm: the norm is applied to the sublayer input (GPT-2, Llama) rather than after the
     residual sum (BERT family). causal: decoder (token i sees j ≤ i). context: config keys holding
     the longest sequence, first present wins; pad_offset: positions start after the padding id
-    (RoBERTa), so pad_token_id + 1 positions are not usable.
+    (RoBERTa), so pad_token_id + 1 positions are not usable. projections: paths inside one layer
+    of the query, key, value and output projections (q, k, v, o), or of a fused (qkv, o) pair
+    whose qkv rows stack Q, K, V (GPT-2); conv1d: those projections and the MLP's are GPT-2's
+    Conv1D (y = x W + b, weight stored (in, out)) rather than nn.Linear; positions: "rope" when
+    the attention rotates queries and keys (Llama class), else "none" (absolute position
+    embeddings are in the layer-0 hidden state). `tokendyn.models.weights` reads these entries.
     """
 
     name: str
@@ -37,6 +42,9 @@ class Architecture:
     norm: str
     pre_norm: bool
     causal: bool
+    projections: tuple[str, ...] = ()
+    conv1d: bool = False
+    positions: str = "none"
     context: tuple[str, ...] = ("max_position_embeddings",)
     shared_groups: bool = False
     pad_offset: bool = False
@@ -84,6 +92,12 @@ _BERT = {
     "norm": "layer",
     "pre_norm": False,
     "causal": False,
+    "projections": (
+        "attention.self.query",
+        "attention.self.key",
+        "attention.self.value",
+        "attention.output.dense",
+    ),
 }
 _LLAMA = {
     "layers": "layers",
@@ -94,6 +108,8 @@ _LLAMA = {
     "norm": "rms",
     "pre_norm": True,
     "causal": True,
+    "projections": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"),
+    "positions": "rope",
 }
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -109,6 +125,7 @@ ARCHITECTURES: dict[str, Architecture] = {
         norm="layer",
         pre_norm=False,
         causal=False,
+        projections=("attention.q_lin", "attention.k_lin", "attention.v_lin", "attention.out_lin"),
     ),
     "albert": Architecture(
         "albert",
@@ -120,6 +137,7 @@ ARCHITECTURES: dict[str, Architecture] = {
         norm="layer",
         pre_norm=False,
         causal=False,
+        projections=("attention.query", "attention.key", "attention.value", "attention.dense"),
         shared_groups=True,
     ),
     "gpt2": Architecture(
@@ -132,6 +150,8 @@ ARCHITECTURES: dict[str, Architecture] = {
         norm="layer",
         pre_norm=True,
         causal=True,
+        projections=("attn.c_attn", "attn.c_proj"),
+        conv1d=True,
         context=("n_positions", "max_position_embeddings"),
     ),
     "llama": Architecture("llama", **_LLAMA),

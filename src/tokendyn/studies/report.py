@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tokendyn.errors import ConfigError
-from tokendyn.studies import Section, dmft, engine, icl, multiscale, transformer_pde
+from tokendyn.studies import Section, dmft, engine, icl, multiscale, real_models, transformer_pde
 
 # Each reproduced result adds its experiment's run(quick, out_dir) here, under a short name.
 SECTIONS: dict[str, Callable[[bool, Path], Section]] = {
@@ -18,6 +18,7 @@ SECTIONS: dict[str, Callable[[bool, Path], Section]] = {
     "multiscale": multiscale.run,
     "dmft": dmft.run,
     "icl": icl.run,
+    "real_models": real_models.run,
 }
 
 

@@ -75,3 +75,74 @@ def plot_gram_layers(metrics: xr.Dataset, path: str | Path | None = None) -> Fig
     ax.legend(title="layer", fontsize=7, ncol=2)
     ax.set_title(_title(metrics), fontsize=10)
     return _save(fig, path)
+
+
+def plot_weight_spectra(report: dict, path: str | Path | None = None) -> Figure:
+    """Per layer (colour = depth): the eigenvalues of every head's B_h = β sym(Q_hᵀK_h) (left) and
+    the real parts of those of its value–output map W_h V_h (right), pooled over heads, as
+    histograms (`tokendyn.models.weights.weight_report`)."""
+    fig = Figure(figsize=(10, 4))
+    axes = fig.subplots(1, 2)
+    spectra = report["spectra"]
+    n = len(spectra)
+    for key, ax, label in (
+        ("B_eigenvalues", axes[0], "eigenvalues of B = β sym(QᵀK)"),
+        ("OV_eigenvalues_real", axes[1], "Re eigenvalues of W_O W_V"),
+    ):
+        values = [np.concatenate([h[key] for h in layer]) for layer in spectra]
+        lo, hi = min(v.min() for v in values), max(v.max() for v in values)
+        edges = np.linspace(lo, hi if hi > lo else lo + 1, 41)
+        for i, v in enumerate(values):
+            colour = (0.1, 0.2 + 0.6 * i / max(n - 1, 1), 0.9 - 0.6 * i / max(n, 1))
+            ax.stairs(np.histogram(v, edges)[0], edges, color=colour, label=str(i))
+        ax.set(xlabel=label, ylabel="count (all heads)")
+        ax.axvline(0, color="0.6", lw=0.8)
+    axes[0].legend(title="layer", fontsize=7, ncol=2)
+    fig.suptitle(f"{report['model']} — weight spectra", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_compare(
+    result: dict,
+    metrics: tuple[str, ...] = ("cosine", "w2", "mean_cosine"),
+    path: str | Path | None = None,
+) -> Figure:
+    """Error against layer for each particle model (solid: attention only, dotted: attention + MLP;
+    one line per dt) and the nulls (dashed grey), one panel per metric
+    (`tokendyn.models.compare.compare`); with shared weights, a last panel of the cluster count of
+    the autonomous long run against time."""
+    long_run = result.get("long_run")
+    n = len(metrics) + (long_run is not None)
+    fig = Figure(figsize=(4 * n, 3.4))
+    axes = fig.subplots(1, n, squeeze=False).ravel()
+    layers = result["layers"]
+    for ax, metric in zip(axes, metrics, strict=False):
+        for name, values in result["error"][metric].items():
+            ax.plot(
+                layers,
+                values,
+                ls="-" if name.startswith("attention dt") else ":",
+                marker=".",
+                label=name,
+            )
+        for name, values in result["null_error"][metric].items():
+            ax.plot(
+                layers,
+                values,
+                ls="--",
+                color="0.5" if name == "identity" else "0.75",
+                label=f"null: {name}",
+            )
+        ax.set(xlabel="layer", title=f"error: {metric}")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=6)
+    if long_run is not None:
+        ax = axes[-1]
+        ax.plot(long_run["time"], long_run["clusters"], marker=".")
+        ax.axvline(len(layers) - 1, color="0.6", ls=":", label="model depth")
+        ax.set(xlabel="t (layers)", ylabel="clusters", title="autonomous long run")
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{result['model']} — particle model vs real hidden states", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)

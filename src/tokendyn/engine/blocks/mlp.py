@@ -3,7 +3,8 @@
     gelu / relu:  M(y) = W₂ σ(W₁ y + b₁) + b₂,        W₁ ∈ R^{w×d}, W₂ ∈ R^{d×w}
     swiglu:       M(y) = W₂ (silu(W₁ y) ⊙ (W₃ y)),     W₁, W₃ ∈ R^{w×d}, W₂ ∈ R^{d×w}  (Llama)
 
-σ = gelu (exact, erf form) or relu; silu(z) = z·sigmoid(z). Biases are optional (None = 0).
+σ = gelu (exact, erf form), gelu_tanh (the tanh approximation, GPT-2's and ALBERT's "gelu_new")
+or relu; silu(z) = z·sigmoid(z). Biases are optional (None = 0).
 Random ensemble (`random_mlp`): entries of W₁, W₃ are N(0, 1/d) and of W₂ N(0, 1/w), biases 0, so
 that a unit-variance input gives O(1) hidden and output activations.
 """
@@ -18,8 +19,8 @@ import torch.nn.functional as F
 
 from tokendyn.errors import ConfigError
 
-Activation = Literal["gelu", "relu", "swiglu"]
-ACTIVATIONS: tuple[str, ...] = ("gelu", "relu", "swiglu")
+Activation = Literal["gelu", "gelu_tanh", "relu", "swiglu"]
+ACTIVATIONS: tuple[str, ...] = ("gelu", "gelu_tanh", "relu", "swiglu")
 
 
 @dataclass
@@ -36,7 +37,9 @@ class MLP:
     def __post_init__(self) -> None:
         if self.activation not in ACTIVATIONS:
             raise ConfigError(
-                "mlp", f"unknown activation {self.activation!r}", "use gelu, relu or swiglu"
+                "mlp",
+                f"unknown activation {self.activation!r}",
+                f"use one of {', '.join(ACTIVATIONS)}",
             )
         w, d = self.W1.shape
         if tuple(self.W2.shape) != (d, w):
@@ -59,8 +62,10 @@ class MLP:
         if self.activation == "swiglu":
             assert self.W3 is not None
             h = F.silu(h) * F.linear(y, self.W3)
+        elif self.activation == "relu":
+            h = F.relu(h)
         else:
-            h = F.gelu(h) if self.activation == "gelu" else F.relu(h)
+            h = F.gelu(h, approximate="tanh" if self.activation == "gelu_tanh" else "none")
         return F.linear(h, self.W2, self.b2)
 
     def to(self, dtype: torch.dtype, device: torch.device | str = "cpu") -> MLP:

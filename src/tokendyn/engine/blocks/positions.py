@@ -12,7 +12,9 @@ ALiBi slopes are Press et al.'s m_h = 2^{−8h/H} (h = 1..H; for H not a power o
 the nearest lower power of two followed by every other slope of the next one); the bias is not
 multiplied by β. Grouped-query attention: H query heads share G = kv_heads key/value heads; query
 head h uses K, V of group ⌊h G / H⌋ (heads of one group must hold equal K and V; they are computed
-once per group).
+once per group). Optional biases (Hugging Face models with biased projections): `biases` holds
+q (H, k), k (G, k), v (G, m) and o (d,) — q_i = Q_h x_i + b^q_h, k_j = K_g x_j + b^k_g,
+v_j = V_g x_j + b^v_g, and b^o added to the sum over heads; each entry may be absent (zero).
 
 Which kernel path runs: RoPE rotates q and k before the kernel, so every backend applies. Causal
 ALiBi is exactly a key bias, since softmax_j(s_ij − m(p_i − p_j)) = softmax_j(s_ij + m p_j) (the
@@ -94,6 +96,7 @@ class PositionalAttention(SoftmaxAttention):
         backend: str | Backend = "auto",
         rope_base: float = 10000.0,
         slopes: list[float] | None = None,
+        biases: dict[str, torch.Tensor] | None = None,
     ) -> None:
         super().__init__(heads, mask=mask, normalise="softmax", backend=backend)
         H = len(heads)
@@ -124,6 +127,10 @@ class PositionalAttention(SoftmaxAttention):
         if len(self.slopes) != H:
             raise ConfigError("slopes", f"{len(self.slopes)} for {H} heads", "give one per head")
         self.positions, self.rope_base = positions, rope_base
+        self.biases = dict(biases or {})
+        unknown = set(self.biases) - {"q", "k", "v", "o"}
+        if unknown:
+            raise ConfigError("biases", f"unknown keys {sorted(unknown)}", "use q, k, v, o")
         self._kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def group(self, h: int) -> int:
@@ -132,21 +139,30 @@ class PositionalAttention(SoftmaxAttention):
     def __call__(self, x: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
         self._kv = {}
         try:
-            return super().__call__(x, rows)
+            out = super().__call__(x, rows)
         finally:
             self._kv = {}
+        return out if "o" not in self.biases else out + self.biases["o"]
+
+    def to(self, dtype: torch.dtype, device: torch.device | str = "cpu") -> PositionalAttention:
+        super().to(dtype, device)
+        self.biases = {n: b.to(dtype=dtype, device=device) for n, b in self.biases.items()}
+        return self
+
+    def _bias(self, name: str, index: int) -> torch.Tensor | int:
+        return self.biases[name][index] if name in self.biases else 0
 
     def _keys_values(self, index: int, head: Head, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         g = self.group(index)
         if g not in self._kv:
-            k = x @ head.K.T
+            k = x @ head.K.T + self._bias("k", g)
             if self.positions == "rope":
                 k = rope(k, torch.arange(x.shape[1], device=x.device), self.rope_base)
-            self._kv[g] = (k, x @ head.V.T)
+            self._kv[g] = (k, x @ head.V.T + self._bias("v", g))
         return self._kv[g]
 
-    def _queries(self, head: Head, x: torch.Tensor, rows: slice) -> torch.Tensor:
-        q = head.scale(x) * (x[:, rows] @ head.Q.T)
+    def _queries(self, index: int, head: Head, x: torch.Tensor, rows: slice) -> torch.Tensor:
+        q = head.scale(x) * (x[:, rows] @ head.Q.T + self._bias("q", index))
         if self.positions == "rope":
             q = rope(q, torch.arange(x.shape[1], device=x.device)[rows], self.rope_base)
         return q
@@ -162,7 +178,7 @@ class PositionalAttention(SoftmaxAttention):
         return self.mask[rows] if isinstance(self.mask, torch.Tensor) else None
 
     def head_output(self, index: int, head: Head, x: torch.Tensor, rows: slice) -> torch.Tensor:
-        q = self._queries(head, x, rows)
+        q = self._queries(index, head, x, rows)
         k, v = self._keys_values(index, head, x)
         n = x.shape[1]
         if self.positions != "alibi":
@@ -183,7 +199,7 @@ class PositionalAttention(SoftmaxAttention):
         try:
             for index, head in enumerate(self.heads):
                 k, _ = self._keys_values(index, head, xb)
-                s = self._queries(head, xb, rows) @ k.transpose(-1, -2)
+                s = self._queries(index, head, xb, rows) @ k.transpose(-1, -2)
                 if self.positions == "alibi":
                     s = s + self._pair_bias(index, n, rows, xb)
                 allowed = self._allowed(n, rows, xb.device)
