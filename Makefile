@@ -52,7 +52,7 @@ browser:
 
 # the browser test of `tokendyn view`: must run (not skip) here
 test-browser: install browser
-	TOKENDYN_REQUIRE_BROWSER=1 TOKENDYN_CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest -q tests/test_view.py
+	TOKENDYN_REQUIRE_BROWSER=1 TOKENDYN_CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest -q tests/viz/test_view.py
 
 # sdist and wheel into dist/
 dist: install

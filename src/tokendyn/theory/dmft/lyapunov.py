@@ -11,7 +11,7 @@ dα_τ = α_τ (ds_τ − Σ_σ α_σ ds_σ) written as a sum of the other weigh
 near-one-hot softmax (α_τ* = 1 − O(1e−20)) keeps dα_τ* = O(α_σ) instead of a rounding residue.
 Known limit: on such steps the exponents beyond the leading M = 3 are still biased towards zero
 (their per-step contraction floors near log(2.2e−16)), because the QR of the 27-dimensional
-tangent vectors is in double precision (80-digit reference: tests/test_dmft_lyapunov.py,
+tangent vectors is in double precision (80-digit reference: tests/theory/test_dmft_lyapunov.py,
 docs/dmft.md).
 
 Regime labels from λ1 with the spec's threshold 1e−4: λ1 < −tol periodic, |λ1| ≤ tol

@@ -12,12 +12,11 @@ pytest.importorskip("transformers")
 
 import torch
 
+from tests.tiny_models import tiny_model, tokenizer
 from tokendyn.models.compare import attention_only, compare, errors, rotated
 from tokendyn.models.metrics import cosine_clusters
 from tokendyn.models.open import open_model
 from tokendyn.models.weights import head_spectra, read_layers, residual_stream
-
-from .tiny_models import tiny_model, tokenizer
 
 IDS = [2, 5, 6, 7, 8, 9, 10, 11, 3]
 

@@ -8,6 +8,7 @@ import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from tests.conftest import random_qkv
 from tokendyn.engine.attention import (
     Head,
     L2Attention,
@@ -17,8 +18,6 @@ from tokendyn.engine.attention import (
     split_heads,
 )
 from tokendyn.errors import ConfigError
-
-from .conftest import random_qkv
 
 F64 = torch.float64
 VARIANTS = [SoftmaxAttention, L2Attention, SigmoidAttention, SinkhornAttention]

@@ -14,6 +14,7 @@ pytest.importorskip("transformers")
 import torch
 from typer.testing import CliRunner
 
+from tests.tiny_models import BUILDERS, CONTEXT, tiny_model, tokenizer
 from tokendyn.app.store import open_run, stored_config
 from tokendyn.app.traces import write_trace
 from tokendyn.errors import ConfigError
@@ -26,8 +27,6 @@ from tokendyn.models.trace import (
     parse_ids,
     trace,
 )
-
-from .tiny_models import BUILDERS, CONTEXT, tiny_model, tokenizer
 
 TEXTS = ["the token moves on the sphere", "a cloud", "attention of the layer is a cluster"]
 DECODERS = ("gpt2", "llama")

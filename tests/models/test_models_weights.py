@@ -13,6 +13,7 @@ pytest.importorskip("transformers")
 
 import torch
 
+from tests.tiny_models import BUILDERS, tiny_model, tokenizer
 from tokendyn.models import weights
 from tokendyn.models.open import open_model
 from tokendyn.models.weights import (
@@ -21,8 +22,6 @@ from tokendyn.models.weights import (
     weight_report,
 )
 from tokendyn.studies.real_models import perturb_vectors
-
-from .tiny_models import BUILDERS, tiny_model, tokenizer
 
 IDS = [2, 5, 6, 7, 8, 9, 10, 11, 3]
 # float64: round-off of O(10) ops on O(1) numbers, bound 1e-10 (measured ≲ 1e-14).

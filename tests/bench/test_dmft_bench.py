@@ -1,5 +1,5 @@
 """Benchmarks (slow, timings never asserted): block map over 4001 β, finite-N samplers.
-Run: pytest -m slow tests/test_dmft_bench.py --benchmark-enable"""
+Run: pytest -m slow tests/bench/test_dmft_bench.py --benchmark-enable"""
 
 import numpy as np
 import pytest
