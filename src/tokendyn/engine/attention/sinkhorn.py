@@ -93,8 +93,8 @@ class SinkhornAttention(AttentionField):
 
         inside = [False]  # the vector-Jacobian products below pass through this hook too
 
-        def adjoint(a: torch.Tensor) -> torch.Tensor:
-            if inside[0]:
+        def adjoint(a: torch.Tensor | None) -> torch.Tensor | None:
+            if a is None or inside[0]:  # None: an undefined (all-zero) gradient
                 return a
             inside[0] = True
             try:
