@@ -36,6 +36,12 @@ def test_rows_follow_the_contract() -> None:
     for row in rows:
         check_row(row, row["backend"], row["n"], 3, "float32")
         assert row["kind"] == "eval" and row["bound"] in ("flops", "exp")
+        assert isinstance(row["backward_pairs_per_s"], float) and row["backward_pairs_per_s"] > 0
+
+
+def test_backward_is_optional_and_absent_for_steps() -> None:
+    (row,) = run_bench(ns=(64,), ds=(3,), backends=("tiled",), repeats=1, backward=False)
+    assert row["backward_pairs_per_s"] is None
 
 
 def test_float64_and_euler_steps() -> None:
@@ -43,7 +49,7 @@ def test_float64_and_euler_steps() -> None:
         ns=(64,), ds=(2,), dtypes=("float64",), backends=("tiled",), repeats=1, steps=2
     )
     check_row(row, "tiled", 64, 2, "float64")
-    assert row["kind"] == "step"
+    assert row["kind"] == "step" and row["backward_pairs_per_s"] is None
 
 
 def test_large_sizes_are_skipped() -> None:
@@ -104,6 +110,7 @@ def test_format_table() -> None:
     rows = list(run_bench(ns=(64,), ds=(3,), backends=("naive", "tiled"), repeats=1))
     lines = format_table(rows).splitlines()
     assert lines[0].startswith("| backend | n | d | dtype | seconds | M pairs/s")
+    assert lines[0].endswith("| backward M pairs/s |")
     assert len(lines) == 2 + len(rows) and lines[2].startswith("| naive | 64 | 3 | float32 |")
 
 

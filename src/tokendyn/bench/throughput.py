@@ -13,6 +13,11 @@ t_min / seconds with
 
 i.e. the score dot products (2d per pair) plus the weighted accumulation of [v_j, 1] (2(d+1) per
 pair, the 1 being the normaliser), against the peaks `measure_peaks` finds in the same run.
+
+Rows of kind "eval" also carry ``backward_pairs_per_s`` = n² / (best time of the backward pass
+alone): with q = β·x, k, v = x as three leaves requiring grad, the forward is recorded once and
+the timed unit is torch.autograd.grad(out, (q, k, v), dout) on the retained graph (None where
+not measured: Euler-step rows, or backward=False).
 """
 
 from __future__ import annotations
@@ -212,6 +217,14 @@ def _workload(attend: Attend, x: torch.Tensor, steps: int | None) -> Callable[[]
     return euler
 
 
+def _backward_unit(attend: Attend, x: torch.Tensor) -> Callable[[], object]:
+    """The timed backward unit: gradients of one recorded evaluation w.r.t. q, k and v."""
+    q, k, v = ((BETA * x if i == 0 else x).detach().clone().requires_grad_() for i in range(3))
+    out = attend(q, k, v)
+    dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(SEED)).to(out)
+    return lambda: torch.autograd.grad(out, (q, k, v), dout, retain_graph=True)
+
+
 def _cloud(n: int, d: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """x ~ N(0, 1/d), shape (1, n, d), seeded (drawn on CPU so every device sees the same cloud)."""
     gen = torch.Generator().manual_seed(SEED)
@@ -228,6 +241,7 @@ def _row(
     peaks: dict[str, float],
     device: torch.device,
     kind: str,
+    backward_seconds: float | None = None,
 ) -> dict[str, Any]:
     fraction, bound = _roofline(n, d, seconds, peaks)
     pairs_per_s = n * n / seconds
@@ -248,6 +262,7 @@ def _row(
         "mem_method": method,
         "peak_sgemm_flops": peaks["sgemm_flops"],
         "peak_exp_rate": peaks["exp_rate"],
+        "backward_pairs_per_s": None if backward_seconds is None else n * n / backward_seconds,
     }
     if device.type == "cpu":
         threads = torch.get_num_threads()
@@ -266,6 +281,7 @@ def run_bench(
     steps: int | None = None,
     dense_max_n: int = DENSE_MAX_N,
     naive_max_n: int = NAIVE_MAX_N,
+    backward: bool = True,
 ) -> Iterator[dict[str, Any]]:
     """Rows of measurements, one per (dtype, d, n, backend), yielded as soon as measured.
 
@@ -273,6 +289,7 @@ def run_bench(
     x ← x + dt·Attn(x) (dt = 0.1) and reports seconds per step (kind "step"). Each timing is the
     best of `repeats` after one warm-up (which also compiles the fused C kernel); memory is measured
     on one further run. Sizes above naive_max_n (naive) or dense_max_n (dense) are skipped.
+    With backward=True, "eval" rows also time the backward pass (module docstring).
     Arguments are validated on the call, before anything runs.
     """
     dev = resolve_device(device)
@@ -288,7 +305,7 @@ def run_bench(
     if steps is not None:
         _check_positive("steps", steps)
     limits = {"naive": naive_max_n, "dense": dense_max_n}
-    return _rows(ns, ds, dtypes, backends, dev, repeats, steps, limits)
+    return _rows(ns, ds, dtypes, backends, dev, repeats, steps, limits, backward)
 
 
 def _rows(
@@ -300,6 +317,7 @@ def _rows(
     repeats: int,
     steps: int | None,
     limits: dict[str, int],
+    backward: bool,
 ) -> Iterator[dict[str, Any]]:
     for dtype in dtypes:
         peaks = measure_peaks(device, dtype)
@@ -309,12 +327,20 @@ def _rows(
                     if n > limits.get(backend, n):
                         continue
                     x = _cloud(n, d, resolve_dtype(dtype), device)
-                    unit = _workload(_attention(backend), x, steps)
+                    attend = _attention(backend)
+                    unit = _workload(attend, x, steps)
                     unit()  # warm-up
                     seconds = _best_seconds(unit, device, repeats) / (steps or 1)
                     memory = _measure_memory(unit, device)
                     kind = "eval" if steps is None else "step"
-                    yield _row(backend, n, d, dtype, seconds, memory, peaks, device, kind)
+                    backward_seconds = None
+                    if backward and steps is None:
+                        grads = _backward_unit(attend, x)
+                        grads()  # warm-up
+                        backward_seconds = _best_seconds(grads, device, repeats)
+                    yield _row(
+                        backend, n, d, dtype, seconds, memory, peaks, device, kind, backward_seconds
+                    )
 
 
 def bench_large(
@@ -357,17 +383,20 @@ def bench_large(
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    """Markdown table: backend, n, d, dtype, seconds, M pairs/s, peak fraction, peak MB (10⁶ B)."""
+    """Markdown table: backend, n, d, dtype, seconds, M pairs/s, peak fraction, peak MB (10⁶ B),
+    backward M pairs/s ("–" where not measured)."""
     lines = [
-        "| backend | n | d | dtype | seconds | M pairs/s | peak fraction | peak MB |",
-        "|---|---:|---:|---|---:|---:|---:|---:|",
+        "| backend | n | d | dtype | seconds | M pairs/s | peak fraction | peak MB "
+        "| backward M pairs/s |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         label = row["backend"] + (" (step)" if row.get("kind") == "step" else "")
+        bwd = row.get("backward_pairs_per_s")
         lines.append(
             f"| {label} | {row['n']} | {row['d']} | {row['dtype']} | {row['seconds']:.4g} "
             f"| {row['pairs_per_s'] / 1e6:.1f} | {row['peak_fraction']:.3f} "
-            f"| {row['peak_mem_bytes'] / 1e6:.1f} |"
+            f"| {row['peak_mem_bytes'] / 1e6:.1f} | {'–' if bwd is None else f'{bwd / 1e6:.1f}'} |"
         )
     return "\n".join(lines)
 

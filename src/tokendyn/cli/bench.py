@@ -26,6 +26,9 @@ def bench(
     large: Annotated[
         bool, typer.Option("--large", help="also one Euler step at N=200 000, d=3")
     ] = False,
+    backward: Annotated[
+        bool, typer.Option(help="also time the backward pass (backward_pairs_per_s)")
+    ] = True,
     sweep_points: Annotated[
         int, typer.Option("--sweep", help="instead: sweep throughput for this many N=64 systems")
     ] = 0,
@@ -42,7 +45,7 @@ def bench(
             print(json.dumps(row) if as_json else line, flush=True)
         return
 
-    kwargs: dict[str, Any] = {"device": device, "repeats": repeats}
+    kwargs: dict[str, Any] = {"device": device, "repeats": repeats, "backward": backward}
     for key, value in (("ns", n), ("ds", d), ("dtypes", dtype), ("backends", backend)):
         if value:
             kwargs[key] = tuple(value)

@@ -9,6 +9,15 @@
  * exp(m_old - m_new), so the exponential never sees a positive argument (beta = 1e3 is safe).
  * Masks: causal (key j visible to query i iff j <= i + causal_offset) or a byte mask (Nq x Nk).
  * Layouts: q (Nq, dk) row-major; kT (dk, Nk); vT (dv, Nk); out (Nq, dv); one cloud per call.
+ * Backward (tokendyn_attend_bwd_*), for the same rows, given dout and (mode 0) lse and
+ * delta_i = <dout_i, out_i> - dlse_i, recomputes every weight per key block from the saved lse
+ * (flash-attention backward; no Nq x Nk buffer):
+ *   mode 0: p_ij = exp(s_ij - lse_i),  ds_ij = p_ij (<dout_i, v_j> - delta_i)
+ *   mode 1: p_ij = sigma(s_ij + c),     ds_ij = p_ij (1 - p_ij) <dout_i, v_j>
+ *   dq_i += sum_j ds_ij k_j,  dk_j += sum_i ds_ij q_i,  dv_j += sum_i p_ij dout_i,
+ *   db_j += sum_i ds_ij                (all accumulated: the caller zeroes them)
+ * The backward needs a key bias (zeros when there is none) and a db buffer.
+ * Layouts: dout, dq row-major like out and q; dkT (dk, Nk); dvT (dv, Nk).
  * Dimensions up to 16 (dk == dv) are compile-time constants so every score and accumulator
  * stays in registers; R queries share each key block. Built with -O3 -march=native and the
  * value-unsafe parts of -ffast-math, never -ffast-math itself (its crtfastmath.o would set
@@ -16,6 +25,7 @@
  */
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 #define TK 256
 #define R 4
@@ -208,5 +218,179 @@ DEFINE_ENTRY(double, f64)
 DEFINE_BATCHED(float, f32)
 DEFINE_BATCHED(double, f64)
 
-int tokendyn_fused_abi(void) { return 3; }
+/* Backward body. Key blocks of TKB keys are the outer loop: each block's k, v, bias and its dk,
+ * dv, db sums are copied into one local buffer whose rows are TKBP apart (a stride that is not a
+ * multiple of 4 KiB, so the loads and stores of the inner loop never 4K-alias), then every row
+ * group of RB queries sweeps the block with everything in registers and adds its dq. Rows past
+ * the end have q = dout = 0 and no visible key. HIDE (a compile-time constant) selects the inner
+ * loop without visibility tests (0), with the causal limit (1) or with the byte mask (2). */
+#define RB 2
+#define TKB 128
+#define DEFINE_BWD(T, SUF, EXPF, SIGCLAMP)                                                       \
+static inline __attribute__((always_inline)) void bwd_keys_##SUF(                                \
+    const T *restrict kb, const T *restrict kl, const T *restrict vl, T *restrict ak,            \
+    T *restrict av, T *restrict ab, const int64_t ld, const int64_t j0, const int64_t nb,        \
+    const int HIDE, const uint8_t *const *mrow, const int mode, const int64_t DK,                \
+    const int64_t DV, const T (*qr)[DK], const T (*gr)[DV], const T *li, const T *di,            \
+    const int64_t *jend, T (*dqa)[DK]) {                                                         \
+    /* Local copies: no store in the loop can alias them, so they can live in registers. */      \
+    T q_[RB][DK], g_[RB][DV], acc[RB][DK], l_[RB], d_[RB];                                       \
+    /* Arrays sized by DK, DV are declared outside the key loop: a VLA inside it would save and  \
+     * restore the stack every iteration and block vectorisation. */                            \
+    T kv[DK], vv[DV], dkj[DK], dvj[DV];                                                          \
+    int64_t e_[RB];                                                                              \
+    for (int r = 0; r < RB; ++r) {                                                               \
+        for (int64_t a = 0; a < DK; ++a) { q_[r][a] = qr[r][a]; acc[r][a] = 0; }                 \
+        for (int64_t a = 0; a < DV; ++a) g_[r][a] = gr[r][a];                                    \
+        l_[r] = li[r]; d_[r] = di[r]; e_[r] = jend[r] - j0;                                      \
+    }                                                                                            \
+    for (int64_t j = 0; j < nb; ++j) {                                                           \
+        T dbj = 0;                                                                               \
+        for (int64_t a = 0; a < DK; ++a) { kv[a] = kl[a * ld + j]; dkj[a] = 0; }                 \
+        for (int64_t a = 0; a < DV; ++a) { vv[a] = vl[a * ld + j]; dvj[a] = 0; }                 \
+        const T bj = kb[j];                                                                      \
+        /* Unrolled before vectorisation, else gcc sees acc[r][.] as a complicated access. */   \
+        _Pragma("GCC unroll 8") for (int r = 0; r < RB; ++r) {                                   \
+            T z = bj, dp = 0, e;                                                                 \
+            for (int64_t a = 0; a < DK; ++a) z += q_[r][a] * kv[a];                              \
+            for (int64_t a = 0; a < DV; ++a) dp += g_[r][a] * vv[a];                             \
+            if (mode == 0) {                                                                     \
+                e = EXPF(z - l_[r]);                                                             \
+            } else {                                                                             \
+                z = z > SIGCLAMP ? SIGCLAMP : (z < -SIGCLAMP ? -SIGCLAMP : z);                   \
+                const T ex = EXPF(z > 0 ? -z : z);                                               \
+                e = z > 0 ? (T)1 / ((T)1 + ex) : ex / ((T)1 + ex);                               \
+            }                                                                                    \
+            if (HIDE == 1) e = j < e_[r] ? e : (T)0;                                             \
+            if (HIDE == 2) e = ((j < e_[r]) & (mrow[r][j0 + j] != 0)) ? e : (T)0;                \
+            const T dsv = mode == 0 ? e * (dp - d_[r]) : e * ((T)1 - e) * dp;                    \
+            for (int64_t a = 0; a < DK; ++a) {                                                   \
+                acc[r][a] += dsv * kv[a];                                                        \
+                dkj[a] += dsv * q_[r][a];                                                        \
+            }                                                                                    \
+            for (int64_t a = 0; a < DV; ++a) dvj[a] += e * g_[r][a];                             \
+            dbj += dsv;                                                                          \
+        }                                                                                        \
+        for (int64_t a = 0; a < DK; ++a) ak[a * ld + j] += dkj[a];                               \
+        for (int64_t a = 0; a < DV; ++a) av[a * ld + j] += dvj[a];                               \
+        ab[j] += dbj;                                                                            \
+    }                                                                                            \
+    for (int r = 0; r < RB; ++r)                                                                 \
+        for (int64_t a = 0; a < DK; ++a) dqa[r][a] = acc[r][a];                                  \
+}                                                                                                \
+                                                                                                 \
+static inline __attribute__((always_inline)) void bwd_##SUF(                                     \
+    const T *q, const T *kT, const T *vT, const T *kbias, const uint8_t *mask,                   \
+    int64_t Nk, int64_t row_begin, int64_t row_end, int causal, const int mode, T sig_bias,      \
+    const int64_t DK, const int64_t DV, const T *lse, const T *dout, const T *delta,              \
+    T *dq, T *dkT, T *dvT, T *db) {                                                              \
+    const int64_t ld = TKB + 64 / (int64_t)sizeof(T);                                            \
+    T *buf = aligned_alloc(64, sizeof(T) * ld * (2 + 2 * DK + 2 * DV));                          \
+    if (!buf) return;                                                                            \
+    T *kb = buf, *kl = kb + ld, *vl = kl + DK * ld, *ak = vl + DV * ld, *av = ak + DK * ld;      \
+    T *ab = av + DV * ld;                                                                        \
+    const T base = mode ? sig_bias : (T)0;                                                       \
+    const int64_t jmax = causal ? (row_end < Nk ? row_end : Nk) : Nk;                            \
+    for (int64_t j0 = 0; j0 < jmax; j0 += TKB) {                                                 \
+        const int64_t nb = jmax - j0 < TKB ? jmax - j0 : TKB;                                    \
+        for (int64_t j = 0; j < nb; ++j) kb[j] = kbias[j0 + j] + base;                           \
+        for (int64_t a = 0; a < DK; ++a)                                                         \
+            for (int64_t j = 0; j < nb; ++j) kl[a * ld + j] = kT[a * Nk + j0 + j];               \
+        for (int64_t a = 0; a < DV; ++a)                                                         \
+            for (int64_t j = 0; j < nb; ++j) vl[a * ld + j] = vT[a * Nk + j0 + j];               \
+        for (int64_t j = 0; j < (DK + DV + 1) * ld; ++j) ak[j] = 0;                              \
+        /* Causal: rows before the block see none of its keys. */                               \
+        const int64_t first = causal && j0 > row_begin ? j0 : row_begin;                         \
+        for (int64_t i0 = first; i0 < row_end; i0 += RB) {                                       \
+            const int64_t nr = row_end - i0 < RB ? row_end - i0 : RB;                            \
+            T qr[RB][DK], gr[RB][DV], dqa[RB][DK], li[RB], di[RB];                               \
+            int64_t jend[RB], jlast = 0;                                                         \
+            const uint8_t *mrow[RB];                                                             \
+            for (int r = 0; r < RB; ++r) {                                                       \
+                const int live = r < nr;                                                         \
+                const int64_t i = live ? i0 + r : i0;                                            \
+                for (int64_t a = 0; a < DK; ++a) qr[r][a] = live ? q[i * DK + a] : (T)0;         \
+                for (int64_t a = 0; a < DV; ++a) gr[r][a] = live ? dout[i * DV + a] : (T)0;      \
+                li[r] = (live && mode == 0) ? lse[i] : (T)0;                                     \
+                di[r] = (live && mode == 0) ? delta[i] : (T)0;                                   \
+                const int64_t je = causal ? (i + 1 < Nk ? i + 1 : Nk) : Nk;                      \
+                jend[r] = live ? je : 0;                                                         \
+                jlast = jend[r] > jlast ? jend[r] : jlast;                                       \
+                mrow[r] = mask ? mask + i * Nk : 0;                                              \
+            }                                                                                    \
+            const int64_t n = jlast - j0 < nb ? jlast - j0 : nb;                                 \
+            if (mask)                                                                            \
+                bwd_keys_##SUF(kb, kl, vl, ak, av, ab, ld, j0, n, 2, mrow, mode, DK, DV, qr, gr, \
+                               li, di, jend, dqa);                                               \
+            else if (j0 + n > jend[0] || nr < RB)                                                \
+                bwd_keys_##SUF(kb, kl, vl, ak, av, ab, ld, j0, n, 1, mrow, mode, DK, DV, qr, gr, \
+                               li, di, jend, dqa);                                               \
+            else                                                                                 \
+                bwd_keys_##SUF(kb, kl, vl, ak, av, ab, ld, j0, n, 0, mrow, mode, DK, DV, qr, gr, \
+                               li, di, jend, dqa);                                               \
+            for (int r = 0; r < nr; ++r)                                                         \
+                for (int64_t a = 0; a < DK; ++a) dq[(i0 + r) * DK + a] += dqa[r][a];             \
+        }                                                                                        \
+        for (int64_t a = 0; a < DK; ++a)                                                         \
+            for (int64_t j = 0; j < nb; ++j) dkT[a * Nk + j0 + j] += ak[a * ld + j];             \
+        for (int64_t a = 0; a < DV; ++a)                                                         \
+            for (int64_t j = 0; j < nb; ++j) dvT[a * Nk + j0 + j] += av[a * ld + j];             \
+        for (int64_t j = 0; j < nb; ++j) db[j0 + j] += ab[j];                                    \
+    }                                                                                            \
+    free(buf);                                                                                   \
+}
+
+#define CALL_BWD(SUF, MODE, DKC, DVC)                                                            \
+    bwd_##SUF(q, kT, vT, kbias, mask, Nk, row_begin, row_end, causal, MODE, sig_bias, DKC, DVC,  \
+              lse, dout, delta, dq, dkT, dvT, db)
+
+#define DISPATCH_BWD(SUF, MODE)                                                                  \
+    if (dk == dv) {                                                                              \
+        switch (dk) {                                                                            \
+        case 1: CALL_BWD(SUF, MODE, 1, 1); return;                                               \
+        case 2: CALL_BWD(SUF, MODE, 2, 2); return;                                               \
+        case 3: CALL_BWD(SUF, MODE, 3, 3); return;                                               \
+        case 4: CALL_BWD(SUF, MODE, 4, 4); return;                                               \
+        case 8: CALL_BWD(SUF, MODE, 8, 8); return;                                               \
+        case 16: CALL_BWD(SUF, MODE, 16, 16); return;                                            \
+        default: break;                                                                          \
+        }                                                                                        \
+    }                                                                                            \
+    CALL_BWD(SUF, MODE, dk, dv); return;
+
+#define DEFINE_BWD_ENTRY(T, SUF)                                                                 \
+void tokendyn_attend_bwd_##SUF(const T *q, const T *kT, const T *vT, const T *kbias,             \
+                               const uint8_t *mask, int64_t Nk, int64_t dk, int64_t dv,          \
+                               int64_t row_begin, int64_t row_end, int causal, int mode,         \
+                               T sig_bias, const T *lse, const T *dout, const T *delta, T *dq,   \
+                               T *dkT, T *dvT, T *db) {                                          \
+    if (mode == 0) { DISPATCH_BWD(SUF, 0) }                                                      \
+    DISPATCH_BWD(SUF, 1)                                                                         \
+}
+
+/* Backward over whole clouds b in [b_begin, b_end); dkT, dvT and db are per cloud (B, ., Nk). */
+#define DEFINE_BWD_BATCHED(T, SUF)                                                               \
+void tokendyn_attend_bwd_batch_##SUF(const T *q, const T *kT, const T *vT, const T *kbias,       \
+                                     const uint8_t *mask, int64_t Nq, int64_t Nk, int64_t dk,    \
+                                     int64_t dv, int64_t b_begin, int64_t b_end,                 \
+                                     int64_t kbias_stride, int64_t mask_stride, int causal,      \
+                                     int mode, T sig_bias, const T *lse, const T *dout,          \
+                                     const T *delta, T *dq, T *dkT, T *dvT, T *db) {             \
+    for (int64_t b = b_begin; b < b_end; ++b)                                                    \
+        tokendyn_attend_bwd_##SUF(q + b * Nq * dk, kT + b * dk * Nk, vT + b * dv * Nk,           \
+                                  kbias ? kbias + b * kbias_stride : 0,                          \
+                                  mask ? mask + b * mask_stride : 0, Nk, dk, dv, 0, Nq, causal,  \
+                                  mode, sig_bias, lse ? lse + b * Nq : 0, dout + b * Nq * dv,    \
+                                  delta ? delta + b * Nq : 0, dq + b * Nq * dk,                  \
+                                  dkT + b * dk * Nk, dvT + b * dv * Nk, db ? db + b * Nk : 0);   \
+}
+
+DEFINE_BWD(float, f32, exp_f32, 80.0f)
+DEFINE_BWD(double, f64, exp_f64, 700.0)
+DEFINE_BWD_ENTRY(float, f32)
+DEFINE_BWD_ENTRY(double, f64)
+DEFINE_BWD_BATCHED(float, f32)
+DEFINE_BWD_BATCHED(double, f64)
+
+int tokendyn_fused_abi(void) { return 4; }
 int tokendyn_fused_max_dim(void) { return MAXD; }

@@ -29,11 +29,12 @@ import subprocess
 import tempfile
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
 
@@ -243,12 +244,16 @@ def load() -> ctypes.CDLL | None:
             return None
     pointer, i64, c_int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     for suffix, scalar in (("f32", ctypes.c_float), ("f64", ctypes.c_double)):
-        fn = getattr(lib, f"tokendyn_attend_{suffix}")
-        fn.restype = None
-        fn.argtypes = [pointer] * 5 + [i64] * 6 + [c_int, c_int, scalar, pointer, pointer]
-        batched = getattr(lib, f"tokendyn_attend_batch_{suffix}")
-        batched.restype = None
-        batched.argtypes = [pointer] * 5 + [i64] * 8 + [c_int, c_int, scalar, pointer, pointer]
+        signatures = {
+            "attend": [pointer] * 5 + [i64] * 6 + [c_int, c_int, scalar] + [pointer] * 2,
+            "attend_batch": [pointer] * 5 + [i64] * 8 + [c_int, c_int, scalar] + [pointer] * 2,
+            "attend_bwd": [pointer] * 5 + [i64] * 5 + [c_int, c_int, scalar] + [pointer] * 7,
+            "attend_bwd_batch": [pointer] * 5 + [i64] * 8 + [c_int, c_int, scalar] + [pointer] * 7,
+        }
+        for name, argtypes in signatures.items():
+            fn = getattr(lib, f"tokendyn_{name}_{suffix}")
+            fn.restype = None
+            fn.argtypes = argtypes
     return lib
 
 
@@ -274,6 +279,75 @@ def supports(q: torch.Tensor, v: torch.Tensor) -> bool:
     )
 
 
+class _Prepared(NamedTuple):
+    """Kernel-layout inputs: q (B,Nq,dk), k_t = kᵀ (B,dk,Nk), v_t = vᵀ (B,dv,Nk) contiguous;
+    the key bias (1 or B, Nk) and byte mask (1 or B, Nq, Nk) with their per-cloud strides
+    (0 = shared)."""
+
+    q: torch.Tensor
+    k_t: torch.Tensor
+    v_t: torch.Tensor
+    kb: torch.Tensor | None
+    mb: torch.Tensor | None
+    kb_stride: int
+    mb_stride: int
+
+
+def _prepare(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_bias: torch.Tensor | None,
+    mask: torch.Tensor | None,
+) -> _Prepared:
+    Nq, Nk = q.shape[1], k.shape[1]
+    # A bias or mask shared by every cloud is passed once, with stride 0.
+    kb = None if key_bias is None else key_bias.to(q.dtype).reshape(-1, Nk).contiguous()
+    mb = None if mask is None else mask.to(torch.uint8).reshape(-1, Nq, Nk).contiguous()
+    return _Prepared(
+        q.contiguous(),
+        k.transpose(1, 2).contiguous(),
+        v.transpose(1, 2).contiguous(),
+        kb,
+        mb,
+        0 if kb is None or kb.shape[0] == 1 else Nk,
+        0 if mb is None or mb.shape[0] == 1 else Nq * Nk,
+    )
+
+
+def _batch_pointers(p: _Prepared) -> tuple[int | None, ...]:
+    """(q, kT, vT, key bias, mask) pointers of the whole batch."""
+    return (p.q.data_ptr(), p.k_t.data_ptr(), p.v_t.data_ptr(), _pointer(p.kb), _pointer(p.mb))
+
+
+def _cloud_pointers(p: _Prepared, b: int) -> tuple[int | None, ...]:
+    """(q, kT, vT, key bias, mask) pointers of cloud b."""
+    return (
+        p.q[b].data_ptr(),
+        p.k_t[b].data_ptr(),
+        p.v_t[b].data_ptr(),
+        None if p.kb is None else p.kb.data_ptr() + b * p.kb_stride * p.kb.element_size(),
+        None if p.mb is None else p.mb.data_ptr() + b * p.mb_stride,
+    )
+
+
+def _row_chunks(B: int, Nq: int, causal: bool, workers: int) -> list[tuple[int, int, int]]:
+    """(cloud, first row, end row) pieces when there are fewer clouds than threads. Causal rows
+    have unequal cost, so many small chunks balance the threads; otherwise one chunk per thread
+    and cloud."""
+    pieces = 8 * workers if causal else max(1, -(-workers // B))
+    chunk = max(4, -(-Nq // pieces))
+    return [(b, start, min(Nq, start + chunk)) for b in range(B) for start in range(0, Nq, chunk)]
+
+
+def _run(jobs: list[tuple[Callable[..., None], tuple[Any, ...]]], workers: int) -> None:
+    if len(jobs) == 1:
+        jobs[0][0](*jobs[0][1])
+    else:
+        for future in [_pool(workers).submit(f, *args) for f, args in jobs]:
+            future.result()
+
+
 def attend(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -294,69 +368,29 @@ def attend(
     B, Nq, dk = q.shape
     Nk, dv = k.shape[1], v.shape[2]
     dtype = q.dtype
-    fn = lib.tokendyn_attend_f32 if dtype == torch.float32 else lib.tokendyn_attend_f64
-    q = q.contiguous()
-    kT = k.transpose(1, 2).contiguous()
-    vT = v.transpose(1, 2).contiguous()
-    # A bias or mask shared by every cloud is passed once, with stride 0.
-    kb = None if key_bias is None else key_bias.to(dtype).reshape(-1, Nk).contiguous()
-    mb = None if mask is None else mask.to(torch.uint8).reshape(-1, Nq, Nk).contiguous()
-    kb_stride = 0 if kb is None or kb.shape[0] == 1 else Nk
-    mb_stride = 0 if mb is None or mb.shape[0] == 1 else Nq * Nk
+    suffix = "f32" if dtype == torch.float32 else "f64"
+    p = _prepare(q, k, v, key_bias, mask)
     out = torch.empty(B, Nq, dv, dtype=dtype)
     lse = torch.empty(B, Nq, dtype=dtype) if (need_lse and mode == 0) else None
     workers = max(1, torch.get_num_threads())
     if workers <= B:
         # Whole clouds per job: one C call per thread handles a contiguous range of the batch.
-        fn_batch = (
-            lib.tokendyn_attend_batch_f32
-            if dtype == torch.float32
-            else lib.tokendyn_attend_batch_f64
-        )
+        fn_batch = getattr(lib, f"tokendyn_attend_batch_{suffix}")
         bounds = [B * i // workers for i in range(workers + 1)]
-        common = (
-            q.data_ptr(),
-            kT.data_ptr(),
-            vT.data_ptr(),
-            _pointer(kb),
-            _pointer(mb),
-            Nq,
-            Nk,
-            dk,
-            dv,
-        )
-        tail = (
-            kb_stride,
-            mb_stride,
-            int(causal),
-            mode,
-            sigmoid_bias,
-            out.data_ptr(),
-            _pointer(lse),
-        )
+        common = _batch_pointers(p)
+        tail = (p.kb_stride, p.mb_stride, int(causal), mode, sigmoid_bias)
         jobs = [
-            (fn_batch, (*common, b0, b1, *tail)) for b0, b1 in itertools.pairwise(bounds) if b1 > b0
+            (fn_batch, (*common, Nq, Nk, dk, dv, b0, b1, *tail, out.data_ptr(), _pointer(lse)))
+            for b0, b1 in itertools.pairwise(bounds)
+            if b1 > b0
         ]
     else:
-        # Few clouds: split each cloud's query rows. Causal rows have unequal cost, so many small
-        # chunks balance the threads; otherwise one chunk per thread and cloud.
-        pieces = 8 * workers if causal else max(1, -(-workers // B))
-        chunk = max(4, -(-Nq // pieces))
-        jobs = []
-        for b in range(B):
-            args_b = (
-                q[b].data_ptr(),
-                kT[b].data_ptr(),
-                vT[b].data_ptr(),
-                None if kb is None else kb.data_ptr() + b * kb_stride * kb.element_size(),
-                None if mb is None else mb.data_ptr() + b * mb_stride,
-            )
-            out_b = out[b].data_ptr()
-            lse_b = None if lse is None else lse[b].data_ptr()
-            for start in range(0, Nq, chunk):
-                stop = min(Nq, start + chunk)
-                args = (
-                    *args_b,
+        fn = getattr(lib, f"tokendyn_attend_{suffix}")
+        jobs = [
+            (
+                fn,
+                (
+                    *_cloud_pointers(p, b),
                     Nk,
                     dk,
                     dv,
@@ -366,13 +400,100 @@ def attend(
                     int(causal),
                     mode,
                     sigmoid_bias,
-                    out_b,
-                    lse_b,
-                )
-                jobs.append((fn, args))
-    if len(jobs) == 1:
-        jobs[0][0](*jobs[0][1])
-    else:
-        for future in [_pool(workers).submit(f, *args) for f, args in jobs]:
-            future.result()
+                    out[b].data_ptr(),
+                    None if lse is None else lse[b].data_ptr(),
+                ),
+            )
+            for b, start, stop in _row_chunks(B, Nq, causal, workers)
+        ]
+    _run(jobs, workers)
     return out, lse
+
+
+def attend_backward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_bias: torch.Tensor | None,
+    mask: torch.Tensor | None,
+    causal: bool,
+    mode: int,
+    sigmoid_bias: float,
+    lse: torch.Tensor | None,
+    dout: torch.Tensor,
+    delta: torch.Tensor | None,
+    need_bias_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Gradients (dq, dk, dv, db per cloud (B,Nk) or None) of the fused kernel's output.
+
+    Mode 0 needs the forward's lse (B,Nq) and delta_i = ⟨dout_i, out_i⟩ − dlse_i; the weights are
+    recomputed per key block (memory O(N·block) in C; per thread one (B, dk+dv+1, Nk) buffer for
+    the key-side sums when a cloud's rows are split over threads).
+    """
+    lib = load()
+    assert lib is not None
+    B, Nq, dk = q.shape
+    Nk, dv = k.shape[1], v.shape[2]
+    dtype = q.dtype
+    suffix = "f32" if dtype == torch.float32 else "f64"
+    # The C backward always reads a key bias and writes db (no branches in its inner loop).
+    bias = q.new_zeros(1, Nk) if key_bias is None else key_bias
+    p = _prepare(q, k, v, bias, mask)
+    dout = dout.contiguous()
+    lse = None if lse is None else lse.contiguous()
+    delta = None if delta is None else delta.contiguous()
+    workers = max(1, torch.get_num_threads())
+    # Clouds split over threads write disjoint slices of one buffer; rows split over threads
+    # need one partial key-side buffer per thread, summed at the end.
+    split_rows = workers > B
+    copies = workers if split_rows else 1
+    dq = torch.zeros(B, Nq, dk, dtype=dtype)
+    dkT = torch.zeros(copies, B, dk, Nk, dtype=dtype)
+    dvT = torch.zeros(copies, B, dv, Nk, dtype=dtype)
+    db = torch.zeros(copies, B, Nk, dtype=dtype)
+    tail = (int(causal), mode, sigmoid_bias)
+    if not split_rows:
+        fn_batch = getattr(lib, f"tokendyn_attend_bwd_batch_{suffix}")
+        common = _batch_pointers(p)
+        grads = (
+            _pointer(lse),
+            dout.data_ptr(),
+            _pointer(delta),
+            dq.data_ptr(),
+            dkT.data_ptr(),
+            dvT.data_ptr(),
+            db.data_ptr(),
+        )
+        bounds = [B * i // workers for i in range(workers + 1)]
+        strides = (p.kb_stride, p.mb_stride)
+        jobs = [
+            (fn_batch, (*common, Nq, Nk, dk, dv, b0, b1, *strides, *tail, *grads))
+            for b0, b1 in itertools.pairwise(bounds)
+            if b1 > b0
+        ]
+    else:
+        fn = getattr(lib, f"tokendyn_attend_bwd_{suffix}")
+        calls: list[list[tuple[Any, ...]]] = [[] for _ in range(workers)]
+        for index, (b, start, stop) in enumerate(_row_chunks(B, Nq, causal, workers)):
+            w = index % workers
+            grads = (
+                None if lse is None else lse[b].data_ptr(),
+                dout[b].data_ptr(),
+                None if delta is None else delta[b].data_ptr(),
+                dq[b].data_ptr(),
+                dkT[w, b].data_ptr(),
+                dvT[w, b].data_ptr(),
+                db[w, b].data_ptr(),
+            )
+            calls[w].append((*_cloud_pointers(p, b), Nk, dk, dv, start, stop, *tail, *grads))
+
+        def serial(arg_lists: list[tuple[Any, ...]]) -> None:
+            for args in arg_lists:
+                fn(*args)
+
+        jobs = [(serial, (arg_lists,)) for arg_lists in calls if arg_lists]
+    _run(jobs, workers)
+    dk_out = dkT.sum(0).transpose(1, 2) if split_rows else dkT[0].transpose(1, 2)
+    dv_out = dvT.sum(0).transpose(1, 2) if split_rows else dvT[0].transpose(1, 2)
+    db_out = None if not need_bias_grad else (db.sum(0) if split_rows else db[0])
+    return dq, dk_out, dv_out, db_out

@@ -5,11 +5,22 @@ blocks held in L1, scoring, exponentiating and accumulating in one pass. Elsewhe
 compiler) it runs the same algorithm as a torch block loop with preallocated score buffers:
 
     m_i ← max(m_i, max_j s_ij);  acc_i ← acc_i·e^{m_old−m_i} + Σ_j e^{s_ij−m_i} [v_j, 1]
+
+Differentiable: when an input requires grad the call goes through `TiledAttention`, a
+`torch.autograd.Function` whose backward (flash-attention style, C or torch blocks) recomputes the
+weights per tile from the saved lse_i, so it keeps the forward's O(N·block) memory:
+
+    p_ij = e^{s_ij − lse_i}, ds_ij = p_ij(⟨dout_i, v_j⟩ − δ_i), δ_i = ⟨dout_i, out_i⟩ − dlse_i
+    (sigmoid: p_ij = σ(s_ij + c), ds_ij = p_ij(1 − p_ij)⟨dout_i, v_j⟩)
+    dq_i = Σ_j ds_ij k_j,  dk_j = Σ_i ds_ij q_i,  dv_j = Σ_i p_ij dout_i,  db_j = Σ_i ds_ij
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+from torch.autograd.function import once_differentiable
 
 from tokendyn.engine.kernels import fused
 from tokendyn.engine.kernels.base import Attended, Backend, Mask, Weight, split_mask
@@ -43,6 +54,27 @@ class TiledBackend(Backend):
         need_lse: bool = False,
     ) -> Attended:
         allowed, causal = split_mask(mask)
+        inputs = (q, k, v, key_bias)
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs):
+            out, lse = TiledAttention.apply(
+                q, k, v, key_bias, self, allowed, causal, weight, sigmoid_bias
+            )
+            return Attended(out, lse if need_lse else None)
+        return self.forward(q, k, v, key_bias, allowed, causal, weight, sigmoid_bias, need_lse)
+
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        key_bias: torch.Tensor | None,
+        allowed: torch.Tensor | None,
+        causal: bool,
+        weight: Weight,
+        sigmoid_bias: float,
+        need_lse: bool,
+    ) -> Attended:
+        """The reduction without autograd: fused C kernel where it applies, else torch blocks."""
         if self.use_fused and fused.supports(q, v):
             mode = 0 if weight == "exp" else 1
             out, lse = fused.attend(
@@ -51,6 +83,54 @@ class TiledBackend(Backend):
             return Attended(out, lse)
         return self._torch_blocks(
             q, k, v, key_bias, allowed, causal, weight, sigmoid_bias, need_lse
+        )
+
+    def backward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        key_bias: torch.Tensor | None,
+        allowed: torch.Tensor | None,
+        causal: bool,
+        weight: Weight,
+        sigmoid_bias: float,
+        lse: torch.Tensor | None,
+        dout: torch.Tensor,
+        delta: torch.Tensor | None,
+        need_bias_grad: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(dq, dk, dv, db (B,Nk) or None) from dout and, for exp weights, the forward's lse and
+        δ_i = ⟨dout_i, out_i⟩ − dlse_i (module docstring)."""
+        if self.use_fused and fused.supports(q, v):
+            mode = 0 if weight == "exp" else 1
+            return fused.attend_backward(
+                q,
+                k,
+                v,
+                key_bias,
+                allowed,
+                causal,
+                mode,
+                sigmoid_bias,
+                lse,
+                dout,
+                delta,
+                need_bias_grad,
+            )
+        return self._torch_blocks_backward(
+            q,
+            k,
+            v,
+            key_bias,
+            allowed,
+            causal,
+            weight,
+            sigmoid_bias,
+            lse,
+            dout,
+            delta,
+            need_bias_grad,
         )
 
     def _torch_blocks(
@@ -111,6 +191,58 @@ class TiledBackend(Backend):
                 out[:, i0:i1] = acc
         return Attended(out, lse)
 
+    def _torch_blocks_backward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        key_bias: torch.Tensor | None,
+        allowed: torch.Tensor | None,
+        causal: bool,
+        weight: Weight,
+        sigmoid_bias: float,
+        lse: torch.Tensor | None,
+        dout: torch.Tensor,
+        delta: torch.Tensor | None,
+        need_bias_grad: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The backward as a torch block loop: weights recomputed per (block_q × block_k) tile."""
+        B, Nq, _ = q.shape
+        Nk = k.shape[1]
+        bias = None if key_bias is None else key_bias.expand(B, Nk)
+        dq = torch.zeros_like(q)
+        dk = torch.zeros_like(k)
+        dv = torch.zeros_like(v)
+        db = q.new_zeros(B, Nk) if need_bias_grad else None
+        for i0 in range(0, Nq, self.block_q):
+            i1 = min(Nq, i0 + self.block_q)
+            qi, gi = q[:, i0:i1], dout[:, i0:i1]
+            k_stop = min(Nk, i1) if causal else Nk
+            for j0 in range(0, k_stop, self.block_k):
+                j1 = min(k_stop, j0 + self.block_k)
+                s = torch.bmm(qi, k[:, j0:j1].transpose(1, 2))
+                if bias is not None:
+                    s = s + bias[:, None, j0:j1]
+                dp = torch.bmm(gi, v[:, j0:j1].transpose(1, 2))
+                if weight == "exp":
+                    assert lse is not None and delta is not None
+                    p = torch.exp(s - lse[:, i0:i1, None])
+                    ds = p * (dp - delta[:, i0:i1, None])
+                else:
+                    p = torch.sigmoid(s + sigmoid_bias)
+                    ds = p * (1 - p) * dp
+                block_mask = self._block_mask(allowed, causal, i0, i1, j0, j1, q.device)
+                if block_mask is not None:
+                    # After the exponential: a fully hidden row has lse = −inf and p = NaN there.
+                    p = p.masked_fill(~block_mask, 0.0)
+                    ds = ds.masked_fill(~block_mask, 0.0)
+                dq[:, i0:i1] += torch.bmm(ds, k[:, j0:j1])
+                dk[:, j0:j1] += torch.bmm(ds.transpose(1, 2), qi)
+                dv[:, j0:j1] += torch.bmm(p.transpose(1, 2), gi)
+                if db is not None:
+                    db[:, j0:j1] += ds.sum(1)
+        return dq, dk, dv, db
+
     @staticmethod
     def _block_mask(
         allowed: torch.Tensor | None,
@@ -128,3 +260,54 @@ class TiledBackend(Backend):
             cols = torch.arange(j0, j1, device=device)[None, :]
             return cols <= rows
         return None
+
+
+class TiledAttention(torch.autograd.Function):
+    """Autograd for the tiled backend: forward saves q, k, v, the key bias, out and lse (all
+    O(N·d)); backward recomputes the weights per tile (`TiledBackend.backward`). Returns (out,
+    lse), lse None for sigmoid weights. Once differentiable (no double backward)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        key_bias: torch.Tensor | None,
+        backend: TiledBackend,
+        allowed: torch.Tensor | None,
+        causal: bool,
+        weight: Weight,
+        sigmoid_bias: float,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        is_exp = weight == "exp"
+        out, lse = backend.forward(
+            q, k, v, key_bias, allowed, causal, weight, sigmoid_bias, need_lse=is_exp
+        )
+        ctx.save_for_backward(q, k, v, key_bias, allowed, out, lse)
+        ctx.backend, ctx.causal, ctx.weight, ctx.sigmoid_bias = (
+            backend,
+            causal,
+            weight,
+            sigmoid_bias,
+        )
+        return out, lse
+
+    @staticmethod
+    @once_differentiable
+    def backward(
+        ctx: Any, dout: torch.Tensor, dlse: torch.Tensor | None
+    ) -> tuple[torch.Tensor | None, ...]:
+        q, k, v, key_bias, allowed, out, lse = ctx.saved_tensors
+        delta = None
+        if ctx.weight == "exp":
+            delta = (dout * out).sum(-1)
+            if dlse is not None:
+                delta = delta - dlse
+        need_db = key_bias is not None and ctx.needs_input_grad[3]
+        options = (allowed, ctx.causal, ctx.weight, ctx.sigmoid_bias)
+        dq, dk, dv, db = ctx.backend.backward(
+            q, k, v, key_bias, *options, lse, dout, delta, need_db
+        )
+        d_bias = None if db is None else db.sum_to_size(key_bias.shape).to(key_bias.dtype)
+        return dq, dk, dv, d_bias, None, None, None, None, None
