@@ -5,9 +5,9 @@ heads h = 1..H with Q_h, K_h (rows of W_Q, W_K of the head, K shared by a group 
 W_h (columns of W_O), the projections' biases, β = the model's score scaling (1/√d_k), its norms'
 γ and b (and ε), its MLP, RoPE (Llama class) and the causal mask (decoders). The normalisation
 scheme is `post-ln` for the BERT family and `pre-ln` for GPT-2 and Llama, so ONE Euler step with
-dt = 1 of `model_block(...)` at t = l is layer l of the model (tests/models/test_models_weights.py checks
-it, with the attention sublayer, for every supported architecture). Where each family keeps each
-tensor comes only from its `Architecture` entry (`architectures.py`).
+dt = 1 of `model_block(...)` at t = l is layer l of the model (checked, with the attention
+sublayer, for every supported architecture by tests/models/test_models_weights.py). Where each
+family keeps each tensor comes only from its `Architecture` entry (`architectures.py`).
 
 Spectra. Per head, the score matrix B_h = β sym(Q_hᵀ K_h) = sym(W_Q W_Kᵀ)/√d_k (d×d: scores are
 β⟨Q y_i, K y_j⟩ = y_iᵀ B_h y_j + antisymmetric part) and the value–output map W_h V_h (= W_O W_V,
