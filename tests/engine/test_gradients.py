@@ -104,19 +104,26 @@ ALL = (0, 1, 2, 3, 4)
 WEIGHTS = (1, 2, 3, 4)
 
 
+# The full Jacobian at N = 300 takes minutes per case on 2 cores: the default suite checks the
+# same Jacobians at N = 40 (every kernel path runs, one tile), N = 300 runs under `slow`.
+SIZES = [40, pytest.param(300, marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("n", SIZES)
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("variant", ["softmax", "l2", "sigmoid"])
-def test_gradcheck_n300(variant, backend):
-    """Full Jacobian check w.r.t. x, Q, K, V and β at N = 300."""
-    assert _gradcheck(variant, backend, 300, ALL)
+def test_gradcheck_n300(variant, backend, n):
+    """Full Jacobian check w.r.t. x, Q, K, V and β at N = 40 and (slow) N = 300."""
+    assert _gradcheck(variant, backend, n, ALL)
 
 
+@pytest.mark.parametrize("n", SIZES)
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_gradcheck_sinkhorn_n300(backend):
-    """Sinkhorn at N = 300: full check w.r.t. Q, K, V, β; w.r.t. x the directional (fast-mode)
-    gradcheck here and the full one under `slow` (600 solves of the Schrödinger system)."""
-    assert _gradcheck("sinkhorn", backend, 300, WEIGHTS)
-    assert _gradcheck("sinkhorn", backend, 300, (0,), fast_mode=True)
+def test_gradcheck_sinkhorn_n300(backend, n):
+    """Sinkhorn: full check w.r.t. Q, K, V, β; w.r.t. x the directional (fast-mode) gradcheck
+    here and the full one under `slow` (600 solves of the Schrödinger system at N = 300)."""
+    assert _gradcheck("sinkhorn", backend, n, WEIGHTS)
+    assert _gradcheck("sinkhorn", backend, n, (0,), fast_mode=True)
 
 
 @pytest.mark.slow
