@@ -14,6 +14,7 @@ import xarray as xr
 from tokendyn.app.config import make_config
 from tokendyn.app.run import run_simulation
 from tokendyn.app.store import StoreRepairWarning, export_netcdf, open_run, repair_store
+from tokendyn.engine.kernels import fused
 from tokendyn.errors import StoreError
 
 SMALL = dict(
@@ -74,8 +75,9 @@ def test_killed_run_resumes_from_its_last_frame(tmp_path):
         "--out",
         str(out),
     ]
+    fused.load()  # build the C kernel here first: the subprocess must not spend its time compiling
     proc = subprocess.Popen(cmd, start_new_session=True)
-    deadline = time.time() + 120
+    deadline = time.time() + 300
     frames = 0
     while time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
