@@ -2,8 +2,8 @@
 
 The shared library is compiled on first use with the system C compiler (``cc``), once per machine
 and source version, into ``$TOKENDYN_CACHE`` (default ``~/.cache/tokendyn``). Calls release the GIL,
-so row ranges run in parallel Python threads (one per torch thread). If no compiler is available the
-tiled backend falls back to its pure-torch block loop (with one warning).
+so row ranges run in parallel Python threads (as many as the work is worth: threads.py). If no
+compiler is available the tiled backend falls back to its pure-torch block loop (one warning).
 
 The cache is trusted only as far as it is checked, because loading a library runs its code:
 - the directory must be owned by this user and not writable by group or others; otherwise it is
@@ -29,14 +29,15 @@ import subprocess
 import tempfile
 import threading
 import warnings
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
+
+from tokendyn.engine.kernels.threads import run_jobs, workers_for
 
 try:
     import fcntl
@@ -261,11 +262,6 @@ def available() -> bool:
     return load() is not None
 
 
-@cache
-def _pool(workers: int) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tokendyn-fused")
-
-
 def _pointer(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
@@ -340,14 +336,6 @@ def _row_chunks(B: int, Nq: int, causal: bool, workers: int) -> list[tuple[int, 
     return [(b, start, min(Nq, start + chunk)) for b in range(B) for start in range(0, Nq, chunk)]
 
 
-def _run(jobs: list[tuple[Callable[..., None], tuple[Any, ...]]], workers: int) -> None:
-    if len(jobs) == 1:
-        jobs[0][0](*jobs[0][1])
-    else:
-        for future in [_pool(workers).submit(f, *args) for f, args in jobs]:
-            future.result()
-
-
 def attend(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -372,7 +360,7 @@ def attend(
     p = _prepare(q, k, v, key_bias, mask)
     out = torch.empty(B, Nq, dv, dtype=dtype)
     lse = torch.empty(B, Nq, dtype=dtype) if (need_lse and mode == 0) else None
-    workers = max(1, torch.get_num_threads())
+    workers = workers_for(B * Nq * Nk)
     if workers <= B:
         # Whole clouds per job: one C call per thread handles a contiguous range of the batch.
         fn_batch = getattr(lib, f"tokendyn_attend_batch_{suffix}")
@@ -406,7 +394,7 @@ def attend(
             )
             for b, start, stop in _row_chunks(B, Nq, causal, workers)
         ]
-    _run(jobs, workers)
+    run_jobs(jobs, workers)
     return out, lse
 
 
@@ -442,7 +430,7 @@ def attend_backward(
     dout = dout.contiguous()
     lse = None if lse is None else lse.contiguous()
     delta = None if delta is None else delta.contiguous()
-    workers = max(1, torch.get_num_threads())
+    workers = workers_for(B * Nq * Nk)
     # Clouds split over threads write disjoint slices of one buffer; rows split over threads
     # need one partial key-side buffer per thread, summed at the end.
     split_rows = workers > B
@@ -492,7 +480,7 @@ def attend_backward(
                 fn(*args)
 
         jobs = [(serial, (arg_lists,)) for arg_lists in calls if arg_lists]
-    _run(jobs, workers)
+    run_jobs(jobs, workers)
     dk_out = dkT.sum(0).transpose(1, 2) if split_rows else dkT[0].transpose(1, 2)
     dv_out = dvT.sum(0).transpose(1, 2) if split_rows else dvT[0].transpose(1, 2)
     db_out = None if not need_bias_grad else (db.sum(0) if split_rows else db[0])
