@@ -5,21 +5,20 @@ from __future__ import annotations
 import torch
 
 from tokendyn.engine.kernels.base import Attended, Backend, Mask, causal_mask, split_mask
+from tokendyn.engine.kernels.calibration import choose_name
 from tokendyn.engine.kernels.dense import DenseBackend
 from tokendyn.engine.kernels.sdpa import SdpaBackend
 from tokendyn.engine.kernels.tiled import TiledBackend
 
 BACKENDS = ("auto", "dense", "tiled", "sdpa")
-DENSE_MAX_TOKENS = 256
-# Measured on a 2-core AVX-512 CPU (`tokendyn bench`): the fused tiled kernel wins up to d = 8
-# (2× SDPA at d ≤ 4), SDPA's GEMM-based flash kernel wins above (2× at d = 16).
-FUSED_MAX_HEAD_DIM = 8
 
 
 class AutoBackend(Backend):
-    """Chooses per call: dense for tiny work (B·N² ≤ 256²); on CPU the fused tiled kernel for
-    head dimensions ≤ 8 and SDPA above; on GPU SDPA (flash). SDPA hands what it cannot do to the
-    tiled backend."""
+    """Chooses per call. On GPU: SDPA (flash). On CPU: the fastest of dense / tiled (fused) /
+    SDPA for the shape and dtype, from this machine's calibration table (calibration.py: measured
+    at the first float32/float64 call, cached beside the compiled kernel; TOKENDYN_AUTO=off or a
+    table path for fixed choices); never dense beyond the N×N sizes the calibration measured.
+    SDPA hands what it cannot do to the tiled backend."""
 
     name = "auto"
 
@@ -28,11 +27,11 @@ class AutoBackend(Backend):
         self.sdpa = SdpaBackend(fallback=self.tiled)
 
     def choose(self, q: torch.Tensor, k: torch.Tensor) -> Backend:
-        if q.shape[0] * q.shape[-2] * k.shape[-2] <= DENSE_MAX_TOKENS**2:
-            return self.dense
-        if q.device.type == "cuda" or q.shape[-1] > FUSED_MAX_HEAD_DIM:
+        if q.device.type == "cuda":
             return self.sdpa
-        return self.tiled
+        batch = q.shape[0] if q.dim() > 2 else 1
+        name = choose_name(q.dtype, batch, q.shape[-2], k.shape[-2], q.shape[-1])
+        return getattr(self, name)
 
     def attend(self, q, k, v, **kwargs) -> Attended:  # type: ignore[override]
         return self.choose(q, k).attend(q, k, v, **kwargs)
