@@ -226,10 +226,13 @@ def _timed(fn: Callable[[], object], loops: int) -> float:
     return (time.perf_counter() - start) / loops
 
 
-def calibrate(dtype: str, timer: Callable[[Callable[[], object], int], float] = _timed) -> Table:
+def calibrate(
+    dtype: str, timer: Callable[[Callable[[], object], int], float] | None = None
+) -> Table:
     """Measure one dtype's table on the CPU at the caller's thread setting: one warm-up call per
     backend, then `planned_calls()` timed measurements through `timer` (the best of REPEATS per
     backend and cell absorbs a first call's extra cost at a new size)."""
+    timer = timer or _timed
     instances = _instances()
     start = time.perf_counter()
     cells, calls = [], 0
