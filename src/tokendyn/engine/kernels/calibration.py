@@ -265,8 +265,9 @@ _TABLES: dict[tuple[str, str, str, int], Table | None] = {}
 
 
 def _source() -> tuple[str, str]:
-    """(TOKENDYN_AUTO setting, cache path): what a table depends on besides dtype and threads."""
-    return os.environ.get(ENV, ""), str(fused.cache_dir())
+    """(TOKENDYN_AUTO, TOKENDYN_CACHE): what a table depends on besides dtype and threads (the
+    raw settings: resolving the cache path costs a home-directory lookup per call)."""
+    return os.environ.get(ENV, ""), os.environ.get("TOKENDYN_CACHE", "")
 
 
 def _user_table(path: str, dtype: str, threads: int) -> Table | None:
