@@ -6,7 +6,9 @@ with the dense, tiled (fused) and sdpa backends on a grid of cells (N in GRID_N,
 keeps, per cell, the fastest backend and every timing. Dense is timed only where its N×N score
 matrix stays small (N ≤ DENSE_MAX_N). After one warm-up call per backend, each cell runs a fixed
 plan: REPEATS rounds in which every backend is timed once (interleaved, so load on a busy
-machine hits them alike), `loops_for(N)` calls per timing; the best timing per backend is kept.
+machine hits them alike), `loops_for(N)` calls per timing; the median timing per backend is kept
+(not the best: on a busy machine torch's multi-threaded ops stall now and then, and a backend
+that is fast only when it is lucky should not win).
 About 1 s per dtype on a 2-core AVX-512 CPU.
 
 The table is stored as JSON beside the compiled kernel (``$TOKENDYN_CACHE``,
@@ -24,6 +26,7 @@ import hashlib
 import json
 import math
 import os
+import statistics
 import tempfile
 import threading
 import time
@@ -230,8 +233,8 @@ def calibrate(
     dtype: str, timer: Callable[[Callable[[], object], int], float] | None = None
 ) -> Table:
     """Measure one dtype's table on the CPU at the caller's thread setting: one warm-up call per
-    backend, then `planned_calls()` timed measurements through `timer` (the best of REPEATS per
-    backend and cell absorbs a first call's extra cost at a new size)."""
+    backend, then `planned_calls()` timed measurements through `timer` (the median of REPEATS per
+    backend and cell; it also absorbs a first call's extra cost at a new size)."""
     timer = timer or _timed
     instances = _instances()
     start = time.perf_counter()
@@ -246,12 +249,14 @@ def calibrate(
                 units = {
                     b: (lambda b=b, x=x: instances[b].attend(x, x, x)) for b in backends_for(n)
                 }
-                best = dict.fromkeys(units, math.inf)
+                rounds: dict[str, list[float]] = {name: [] for name in units}
                 for _ in range(REPEATS):
                     for name, unit in units.items():
-                        best[name] = min(best[name], timer(unit, loops_for(n)))
+                        rounds[name].append(timer(unit, loops_for(n)))
                         calls += 1
-                cells.append({"n": n, "d": d, "best": min(best, key=best.get), "seconds": best})
+                typical = {name: statistics.median(times) for name, times in rounds.items()}
+                fastest = min(typical, key=typical.get)
+                cells.append({"n": n, "d": d, "best": fastest, "seconds": typical})
     threads = _threads()
     return Table(dtype, threads, time.perf_counter() - start, calls, cells)
 
