@@ -226,3 +226,19 @@ def test_nearest_cell_by_log_n_and_d_class():
     assert table.best(70, 6) == "sdpa"  # d = 6: log-nearer 3 than 16
     assert table.best(70, 7) == "tiled"  # d = 7: log-nearer 16
     assert table.best(8, 3, dense=False) == "sdpa"  # the fastest other than dense
+
+
+def test_a_cache_directory_writable_by_others_is_not_written(fresh):
+    cal.cache_path().parent.chmod(0o777)
+    table = cal.table_for(F64)
+    assert table is not None and len(fresh.calls) == cal.planned_calls()
+    assert not cal.cache_path().exists()
+
+
+def test_a_failed_write_leaves_no_file_and_still_serves_the_table(fresh, monkeypatch):
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cal.json, "dump", full_disk)
+    assert cal.table_for(F64) is not None
+    assert list(cal.cache_path().parent.glob("*.json")) == []

@@ -284,13 +284,15 @@ def format_small(rows: list[dict[str, Any]]) -> Table:
     return table
 
 
-def calibration_table(dtypes: tuple[str, ...] = SMALL_DTYPES) -> tuple[list[dict], Table]:
-    """Rerun auto's calibration for each dtype at the caller's thread setting: (the JSON entries
-    written to the cache, a rich table of their cells in µs). With TOKENDYN_AUTO=<path>, the
-    entries of that file instead (nothing is measured)."""
+def calibration_table(
+    dtypes: tuple[str, ...] = SMALL_DTYPES,
+) -> tuple[dict[str, Any], Table]:
+    """Rerun auto's calibration for each dtype at the caller's thread setting: (the JSON document
+    of the new entries — a valid TOKENDYN_AUTO table file —, a rich table of their cells in µs).
+    With TOKENDYN_AUTO=<path>, that file's entries instead (nothing is measured)."""
     for name in dtypes:
         resolve_dtype(name, SMALL_DTYPES)
-    entries = []
+    tables = {}
     for name in dtypes:
         found = calibration.table_for(resolve_dtype(name), refresh=True)
         if found is None:
@@ -299,20 +301,20 @@ def calibration_table(dtypes: tuple[str, ...] = SMALL_DTYPES) -> tuple[list[dict
                 "is 'off', so auto uses its fixed rule and there is nothing to calibrate",
                 "unset TOKENDYN_AUTO",
             )
-        entries.append(found.to_json())
+        tables[f"{found.dtype}:{found.threads}"] = found
     source = os.environ.get(calibration.ENV) or calibration.cache_path()
     table = Table(title=f"auto's calibration (µs per forward call) — {source}")
     for name in ("dtype", "threads", "d", "N", *calibration.CANDIDATES, "best"):
         table.add_column(name, justify="left" if name in ("dtype", "best") else "right")
-    for entry in entries:
-        for cell in entry["cells"]:
+    for entry in tables.values():
+        for cell in entry.cells:
             times = cell["seconds"]
             table.add_row(
-                entry["dtype"],
-                str(entry["threads"]),
+                entry.dtype,
+                str(entry.threads),
                 str(cell["d"]),
                 str(cell["n"]),
                 *(f"{times[b] * 1e6:.1f}" if b in times else "–" for b in calibration.CANDIDATES),
                 cell["best"],
             )
-    return entries, table
+    return calibration.document(tables), table

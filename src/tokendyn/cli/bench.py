@@ -125,10 +125,9 @@ def _calibrate(as_json: bool, dtype: list[str] | None) -> None:
 
     from tokendyn.bench.small import calibration_table
 
-    entries, table = calibration_table(*([tuple(dtype)] if dtype else []))
+    data, table = calibration_table(*([tuple(dtype)] if dtype else []))
     if as_json:
-        for entry in entries:
-            print(json.dumps(entry), flush=True)
+        print(json.dumps(data), flush=True)
     else:
         Console(width=max(Console().width, 100)).print(table)
 

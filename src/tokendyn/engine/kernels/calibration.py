@@ -193,22 +193,33 @@ def _read(path: Path, key: str | None) -> dict[str, Table]:
         os.close(fd)
 
 
-def _write(path: Path, tables: dict[str, Table]) -> None:
-    """Write the file atomically (private mode) if its directory passes fused.py's checks."""
-    if fused._directory_problem(path.parent) is not None:
-        return
-    data = {
+def document(tables: dict[str, Table]) -> dict[str, Any]:
+    """The file's JSON object for `tables` (also a valid TOKENDYN_AUTO table)."""
+    return {
         "format": FORMAT,
         "key": cache_key(),
         "torch": torch.__version__,
         "entries": {name: table.to_json() for name, table in sorted(tables.items())},
     }
-    with tempfile.NamedTemporaryFile(
-        "w", dir=path.parent, prefix=".auto-", suffix=".json", delete=False
-    ) as tmp:
-        json.dump(data, tmp, indent=1)
-    os.chmod(tmp.name, 0o600)
-    os.replace(tmp.name, path)
+
+
+def _write(path: Path, tables: dict[str, Table]) -> None:
+    """Write the file atomically (private mode) if its directory passes fused.py's checks; a
+    failed write leaves the cache as it was (the table still serves this process)."""
+    if fused._directory_problem(path.parent) is not None:
+        return
+    tmp = None
+    try:
+        with tempfile.NamedTemporaryFile(
+            "w", dir=path.parent, prefix=".auto-", suffix=".json", delete=False
+        ) as f:
+            tmp = Path(f.name)
+            json.dump(document(tables), f, indent=1)
+        tmp.chmod(0o600)
+        os.replace(tmp, path)
+    except OSError:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
 
 
 def _cloud(n: int, d: int, dtype: torch.dtype) -> torch.Tensor:
