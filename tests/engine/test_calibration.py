@@ -24,7 +24,8 @@ F64 = torch.float64
 @pytest.fixture
 def fresh(tmp_path, monkeypatch):
     """A private empty cache directory, no TOKENDYN_AUTO, no table in memory, and a fake timer
-    that counts its calls and returns 1 s per call of every backend except `fake.fastest`.
+    that counts its calls and reports `fake.scale` s per call of `fake.fastest`, twice that for
+    the other backends.
     The fused kernel is loaded first, from the usual cache (no rebuild in the empty directory)."""
     fused.load()
     directory = tmp_path / "cache"
@@ -39,10 +40,12 @@ def fresh(tmp_path, monkeypatch):
         def __init__(self):
             self.calls: list[int] = []
 
+        scale = 1e-9  # seconds per "call": far below the budget unless a test raises it
+
         def __call__(self, fn, loops):
             self.calls.append(loops)
             name = fn.__defaults__[0]  # the unit's backend name (bound as a lambda default)
-            return 0.5 if name == self.fastest else 1.0
+            return self.scale * (1 if name == self.fastest else 2)
 
     fake = Fake()
     monkeypatch.setattr(cal, "_timed", fake)
@@ -82,7 +85,7 @@ def test_calibration_writes_a_valid_table_with_a_fixed_number_of_timed_calls(fre
     tables = cal.validate(data, cal.cache_key())
     assert list(tables) == [f"float64:{cal._threads()}"]
     cells = tables[f"float64:{cal._threads()}"].cells
-    assert [(c["n"], c["d"]) for c in cells] == [(n, d) for d in cal.GRID_D for n in cal.GRID_N]
+    assert [(c["n"], c["d"]) for c in cells] == [(n, d) for n in cal.GRID_N for d in cal.GRID_D]
     for c in cells:
         assert set(c) == {"n", "d", "best", "seconds"}
         assert tuple(c["seconds"]) == cal.backends_for(c["n"])
@@ -95,6 +98,23 @@ def test_calibration_writes_a_valid_table_with_a_fixed_number_of_timed_calls(fre
     # Refresh re-measures.
     cal.table_for(F64, refresh=True)
     assert len(fresh.calls) == 2 * cal.planned_calls()
+
+
+def test_over_budget_the_remaining_cells_get_one_round(fresh):
+    """Timed calls of 0.1 s per loop: the budget is spent inside the first cells (small N first);
+    from then on one round per cell, so the number of measurements stays bounded."""
+    fresh.scale = 0.1
+    table = cal.table_for(F64)
+    spent, expected = 0.0, 0
+    for n in cal.GRID_N:
+        for _ in cal.GRID_D:
+            rounds = cal.REPEATS if spent < cal.BUDGET_S else 1
+            for _ in range(rounds):
+                for b in cal.backends_for(n):
+                    spent += fresh.scale * (1 if b == "tiled" else 2) * cal.loops_for(n)
+                    expected += 1
+    assert cal.min_calls() < len(fresh.calls) == table.calls == expected < cal.planned_calls()
+    assert {c["best"] for c in table.cells} == {"tiled"}
 
 
 def test_a_second_dtype_is_added_to_the_same_file(fresh):

@@ -8,8 +8,9 @@ matrix stays small (N ≤ DENSE_MAX_N). After one warm-up call per backend, each
 plan: REPEATS rounds in which every backend is timed once (interleaved, so load on a busy
 machine hits them alike), `loops_for(N)` calls per timing; the median timing per backend is kept
 (not the best: on a busy machine torch's multi-threaded ops stall now and then, and a backend
-that is fast only when it is lucky should not win).
-About 1 s per dtype on a 2-core AVX-512 CPU.
+that is fast only when it is lucky should not win). Cells run small N first; once the timed calls
+have taken BUDGET_S, the remaining cells get a single round. About 1 s per dtype on an idle
+2-core AVX-512 CPU.
 
 The table is stored as JSON beside the compiled kernel (``$TOKENDYN_CACHE``,
 ``auto-<key>.json``, key = the kernel's cache key (source, flags, host) and the torch version),
@@ -55,6 +56,7 @@ GRID_D = (3, 8, 16)
 DENSE_MAX_N = 512
 REPEATS = 3
 LOOP_PAIRS = 1 << 12  # a timing at small N repeats the call until it covers ~this many pairs
+BUDGET_S = 1.0  # seconds of timed calls per dtype before the remaining cells get a single round
 SEED = 0
 ENV = "TOKENDYN_AUTO"
 
@@ -77,10 +79,15 @@ def loops_for(n: int) -> int:
     return max(1, LOOP_PAIRS // (n * n))
 
 
+def min_calls() -> int:
+    """Timed measurements of one round over every cell."""
+    return sum(len(backends_for(n)) for n in GRID_N) * len(GRID_D)
+
+
 def planned_calls() -> int:
-    """Timed measurements one dtype's calibration makes (warm-ups not counted)."""
-    per_cell = sum(len(backends_for(n)) for n in GRID_N) * len(GRID_D)
-    return per_cell * REPEATS
+    """Timed measurements one dtype's calibration makes within its budget (warm-ups not
+    counted)."""
+    return min_calls() * REPEATS
 
 
 def backends_for(n: int) -> tuple[str, ...]:
@@ -244,32 +251,35 @@ def calibrate(
     dtype: str, timer: Callable[[Callable[[], object], int], float] | None = None
 ) -> Table:
     """Measure one dtype's table on the CPU at the caller's thread setting: one warm-up call per
-    backend, then `planned_calls()` timed measurements through `timer` (the median of REPEATS per
-    backend and cell; it also absorbs a first call's extra cost at a new size)."""
+    backend, then per cell (small N first) REPEATS interleaved rounds of timed measurements
+    through `timer`, the median kept (it also absorbs a first call's extra cost at a new size).
+    Once the timed calls have used BUDGET_S, the remaining cells get one round each: between
+    `min_calls()` and `planned_calls()` measurements, whatever the machine's load."""
     timer = timer or _timed
     instances = _instances()
     start = time.perf_counter()
-    cells, calls = [], 0
+    cells, calls, spent = [], 0, 0.0
     with torch.inference_mode():
         warm = _cloud(GRID_N[0], GRID_D[0], DTYPES[dtype])
         for backend in instances.values():
             backend.attend(warm, warm, warm)  # warm-up (builds the fused kernel on first use)
-        for d in GRID_D:
-            for n in GRID_N:
+        for n in GRID_N:
+            for d in GRID_D:
                 x = _cloud(n, d, DTYPES[dtype])
                 units = {
                     b: (lambda b=b, x=x: instances[b].attend(x, x, x)) for b in backends_for(n)
                 }
                 rounds: dict[str, list[float]] = {name: [] for name in units}
-                for _ in range(REPEATS):
+                for _ in range(REPEATS if spent < BUDGET_S else 1):
                     for name, unit in units.items():
-                        rounds[name].append(timer(unit, loops_for(n)))
+                        seconds = timer(unit, loops_for(n))
+                        rounds[name].append(seconds)
+                        spent += seconds * loops_for(n)
                         calls += 1
                 typical = {name: statistics.median(times) for name, times in rounds.items()}
                 fastest = min(typical, key=typical.get)
                 cells.append({"n": n, "d": d, "best": fastest, "seconds": typical})
-    threads = _threads()
-    return Table(dtype, threads, time.perf_counter() - start, calls, cells)
+    return Table(dtype, _threads(), time.perf_counter() - start, calls, cells)
 
 
 def _threads() -> int:
