@@ -16,7 +16,8 @@ Per (N, d, dtype) a row holds:
 - ``numpy_over_euler_1t`` = numpy_s / euler_s_1t, ``numpy_over_euler`` = numpy_s / euler_s (above 1:
   tokendyn is faster), ``default_over_1t`` = euler_s / euler_s_1t (above 1: default threads slower);
 - ``attention_s``: seconds of one forward attention evaluation Attn(βx, x, x) per backend
-  (dense up to N = DENSE_MAX_N), ``auto`` the backend `auto` picks for it, ``auto_over_best`` =
+  (dense up to N = DENSE_MAX_N; the median of ROUNDS interleaved rounds, as auto's calibration
+  measures), ``auto`` the backend `auto` picks for it, ``auto_over_best`` =
   attention_s[auto] / min(attention_s) and ``auto_within_10pct`` (the issue's target).
 
 Before the first row of a dtype, a few steps at N = 8 (at both thread settings) take the first-use
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import math
 import os
+import statistics
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
@@ -58,6 +60,7 @@ DT = 0.1
 SEED = 0
 TARGET_S = 0.1
 ATTENTION_TARGET_S = 0.03
+ROUNDS = 3
 MAX_STEPS = 100_000
 AUTO_TOLERANCE = 1.10
 
@@ -129,23 +132,30 @@ def _steps_timing(n: int, d: int, dtype: str, target_s: float) -> dict[str, tupl
 
 
 def _attention_timing(n: int, d: int, dtype: str, target_s: float) -> tuple[dict, str]:
-    """({backend: seconds per forward evaluation}, auto's choice) at the caller's threads."""
+    """({backend: seconds per forward evaluation}, auto's choice) at the caller's threads: per
+    backend one warm-up call sets k (k calls ≈ target_s / ROUNDS), then ROUNDS interleaved rounds
+    of k calls, the median kept (as auto's calibration does)."""
     x = initial_cloud(n, d, dtype).unsqueeze(0)
     q = BETA * x
-    seconds: dict[str, float | None] = {}
+    names = [b for b in ATTENTION_BACKENDS if b != "dense" or n <= DENSE_MAX_N]
     with torch.inference_mode():
-        for name in ATTENTION_BACKENDS:
-            if name == "dense" and n > DENSE_MAX_N:
-                seconds[name] = None
-                continue
-            backend = get_backend(name)
-
-            def calls(k: int, backend: Any = backend) -> None:
-                for _ in range(k):
+        backends = {name: get_backend(name) for name in names}
+        loops = {}
+        for name, backend in backends.items():
+            start = time.perf_counter()
+            backend.attend(q, x, x)
+            once = time.perf_counter() - start
+            loops[name] = max(1, min(MAX_STEPS, round(target_s / ROUNDS / max(once, 1e-9))))
+        rounds: dict[str, list[float]] = {name: [] for name in names}
+        for _ in range(ROUNDS):
+            for name, backend in backends.items():
+                start = time.perf_counter()
+                for _ in range(loops[name]):
                     backend.attend(q, x, x)
-
-            seconds[name] = _per_unit(calls, target_s)[0]
+                rounds[name].append((time.perf_counter() - start) / loops[name])
         chosen = AutoBackend().choose(q, x).name
+    seconds: dict[str, float | None] = dict.fromkeys(ATTENTION_BACKENDS)
+    seconds.update({name: statistics.median(times) for name, times in rounds.items()})
     return seconds, chosen
 
 
