@@ -262,3 +262,13 @@ def test_a_failed_write_leaves_no_file_and_still_serves_the_table(fresh, monkeyp
     monkeypatch.setattr(cal.json, "dump", full_disk)
     assert cal.table_for(F64) is not None
     assert list(cal.cache_path().parent.glob("*.json")) == []
+
+
+def test_tiled_is_kept_within_ten_percent_of_the_fastest():
+    assert cal.pick({"dense": 1.0, "tiled": 1.09, "sdpa": 1.05}) == "tiled"
+    assert cal.pick({"dense": 1.0, "tiled": 1.11, "sdpa": 1.05}) == "dense"
+    assert cal.pick({"dense": 1.0, "sdpa": 1.05}) == "dense"
+    cell = {"n": 8, "d": 3, "best": "dense", "seconds": {"dense": 1.0, "tiled": 1.05}}
+    entry = {"dtype": "float64", "threads": 1, "seconds": 0.0, "calls": 0, "cells": [cell]}
+    with pytest.raises(ValueError, match="best"):
+        cal.validate({"format": cal.FORMAT, "entries": {"float64:1": entry}})

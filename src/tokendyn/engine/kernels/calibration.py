@@ -3,10 +3,11 @@
 For each dtype (float32, float64) and thread count, the first `auto` call on the CPU times the
 forward reduction out_i = Σ_j softmax_j(⟨q_i, k_j⟩) v_j (one cloud, x ~ N(0, 1/d), q = k = v = x)
 with the dense, tiled (fused) and sdpa backends on a grid of cells (N in GRID_N, d in GRID_D) and
-keeps, per cell, the fastest backend and every timing. Dense is timed only where its N×N score
-matrix stays small (N ≤ DENSE_MAX_N). After one warm-up call per backend, each cell runs a fixed
-plan: REPEATS rounds in which every backend is timed once (interleaved, so load on a busy
-machine hits them alike), `loops_for(N)` calls per timing; the median timing per backend is kept
+keeps, per cell, the fastest backend (`pick`: tiled where it is within 10 % of the fastest) and
+every timing. Dense is timed only where its N×N score matrix stays small (N ≤ DENSE_MAX_N).
+After one warm-up call per backend, each cell runs a fixed plan: REPEATS rounds in which every
+backend is timed once (interleaved, so load on a busy machine hits them alike), `loops_for(N)`
+calls per timing; the median timing per backend is kept
 (not the best: on a busy machine torch's multi-threaded ops stall now and then, and a backend
 that is fast only when it is lucky should not win). Cells run small N first; once the timed calls
 have taken BUDGET_S, the remaining cells get a single round. About 1 s per dtype on an idle
@@ -56,6 +57,7 @@ GRID_D = (3, 8, 16)
 DENSE_MAX_N = 512
 REPEATS = 3
 LOOP_PAIRS = 1 << 12  # a timing at small N repeats the call until it covers ~this many pairs
+PREFER_TILED = 1.10
 BUDGET_S = 1.0  # seconds of timed calls per dtype before the remaining cells get a single round
 SEED = 0
 ENV = "TOKENDYN_AUTO"
@@ -65,6 +67,16 @@ ENV = "TOKENDYN_AUTO"
 # d = 8, SDPA's GEMM-based flash kernel above.
 STATIC_DENSE_MAX_PAIRS = 256**2
 STATIC_FUSED_MAX_HEAD_DIM = 8
+
+
+def pick(timings: dict[str, float]) -> str:
+    """The backend to use given a cell's timings: the fastest, except that the tiled (fused)
+    backend is kept when it is within PREFER_TILED of the fastest — it sizes its threads by the
+    work, while torch's own kernels take every thread even for tiny work and stall when the
+    machine is busy; a near-tie is not worth that risk."""
+    fastest = min(timings, key=timings.__getitem__)
+    tiled = timings.get("tiled")
+    return "tiled" if tiled is not None and tiled <= PREFER_TILED * timings[fastest] else fastest
 
 
 def static_choice(pairs: int, d: int) -> str:
@@ -115,7 +127,7 @@ class Table:
             row = [c for c in self.cells if c["d"] == d_cell]
             cell = min(row, key=lambda c: abs(math.log(c["n"] / max(n, 1.0))))
             timings = {b: t for b, t in cell["seconds"].items() if dense or b != "dense"}
-            hit = min(timings, key=timings.get) if timings else "tiled"
+            hit = pick(timings) if timings else "tiled"
             self._memo[key] = hit
         return hit
 
@@ -156,7 +168,7 @@ def _validate_entry(name: str, entry: Any) -> Table:
         for backend, t in timings.items():
             _check(backend in CANDIDATES, f"cell timing of unknown backend {backend!r}")
             _check(isinstance(t, int | float) and 0 < t < math.inf, "cell timing not > 0")
-        _check(cell.get("best") == min(timings, key=timings.get), "cell best ≠ fastest timing")
+        _check(cell.get("best") == pick(timings), "cell best is not what its timings give")
     return Table(entry["dtype"], entry["threads"], float(seconds), calls, cells)
 
 
@@ -164,7 +176,7 @@ def validate(data: Any, key: str | None = None) -> dict[str, Table]:
     """The tables of a calibration file's JSON object (name "dtype:threads" → Table).
 
     Raises ValueError naming the first problem: wrong format, a `key` other than the expected one
-    (when given), or any entry whose cells are malformed or whose `best` is not the fastest."""
+    (when given), or any entry whose cells are malformed or whose `best` is not `pick(timings)`."""
     _check(isinstance(data, dict), "not a JSON object")
     _check(data.get("format") == FORMAT, f"format is not {FORMAT}")
     if key is not None:
@@ -277,8 +289,7 @@ def calibrate(
                         spent += seconds * loops_for(n)
                         calls += 1
                 typical = {name: statistics.median(times) for name, times in rounds.items()}
-                fastest = min(typical, key=typical.get)
-                cells.append({"n": n, "d": d, "best": fastest, "seconds": typical})
+                cells.append({"n": n, "d": d, "best": pick(typical), "seconds": typical})
     return Table(dtype, _threads(), time.perf_counter() - start, calls, cells)
 
 
