@@ -23,12 +23,12 @@ as an exact factor (extended range, no underflow); a one-hot step multiplies wha
 the non-dominant slots by α_τ ~ e^−135, far below double precision's 2.2e−16 relative to O(1)
 vectors, so instead of QR the tangent basis Y is kept in column echelon form: Y ← Y U⁻¹ with U
 upper triangular (the span of the first j vectors, hence every exponent, is unchanged), column j
-normalised on its pivot, the first row (newest first) with |y_r| ≥ 10⁻¹⁴ max|y|, and cleared from
-the later columns. Later columns are then exactly zero on the newer slots' pivot rows, so a
-direction that lives only in old slots is multiplied by its α_τ exactly instead of drowning in
-rounding of O(1) entries. The basis is in extended precision (np.longdouble) to absorb the pivot
-growth (≤ 10¹⁴). With Y_0 the start basis, J_T⋯J_1 Y_0 = Y_T U_T⋯U_1 exactly; a last QR of Y_T
-(as 27-dimensional vectors) gives R_T and
+normalised on its pivot — its largest entry in the newest slot group holding an entry ≥ 10⁻¹⁴
+max|y| — and cleared from the later columns. Later columns are then exactly zero on the newer
+slots' pivot rows, so a direction that lives only in old slots is multiplied by its α_τ exactly
+instead of drowning in rounding of O(1) entries. The basis is in extended precision
+(np.longdouble) to absorb the pivot growth. With Y_0 the start basis, J_T⋯J_1 Y_0 = Y_T U_T⋯U_1
+exactly; a last QR of Y_T (as 27-dimensional vectors) gives R_T and
 
     λ_j = (Σ_t log|U_t,jj| + log|R_T,jj|) / T,
 
@@ -50,7 +50,7 @@ from tokendyn.theory.dmft.dynamics import Core, WindowState
 from tokendyn.theory.dmft.model import Model, check_beta
 
 TOL = 1e-4
-PIVOT_TOL = 1e-14  # echelon pivots: the newest row with |y_r| ≥ PIVOT_TOL·max|y| (growth ≤ 1e14)
+PIVOT_TOL = 1e-14  # echelon pivots: in the newest slot with an entry ≥ PIVOT_TOL·max|y|
 EXTENDED = np.longdouble  # the basis; 64-bit mantissa on x86-64, absorbs the pivot growth
 REGIMES = ("periodic", "quasi-periodic", "chaotic")
 
@@ -172,6 +172,11 @@ class _SlotBasis:
         state.t += 1
         return m[:M]
 
+    def groups(self) -> np.ndarray:
+        """Group index of every row: 0 for dÂ, then 1… for the slots, newest first."""
+        sizes = [self.core.M] + [self.core.M if P else 2 * self.core.M for _, P in self.slots]
+        return np.repeat(np.arange(len(sizes)), sizes)
+
     def tangent(self) -> Tangent:
         """The basis as 27-dimensional (dÂ, dV, dK) vectors, dV_c = P^v_c ξ_c, dK_c = P^k_c ξ_c."""
         M, C = self.core.M, self.core.C
@@ -190,22 +195,24 @@ class _SlotBasis:
         return Tangent(Y[:M], dV, dK)
 
 
-def echelon(Y: np.ndarray, tau: float) -> np.ndarray:
+def echelon(Y: np.ndarray, tau: float, group: np.ndarray) -> np.ndarray:
     """Column echelon form of Y (B, n, k) in place by column operations (Y ← Y U⁻¹, U upper
     triangular, so span(y_1..y_j) is kept for every j); returns log|U_jj| (B, k).
 
-    Column j, already zero on the pivot rows of columns < j, takes as pivot the first row (rows
-    are ordered newest first) with |y_r| ≥ tau·max|y|, is divided by y_r (so y_r = 1 exactly)
-    and subtracted from the later columns (which become exactly 0 on row r). A zero column
-    gives −∞ and claims no row."""
+    Column j, already zero on the pivot rows of columns < j, takes as pivot its largest entry in
+    the first row group (`group`, 0 = newest) that holds an entry ≥ tau·max|y|, is divided by it
+    (so y_r = 1 exactly) and subtracted from the later columns (which become exactly 0 on row r).
+    A zero column gives −∞ and claims no row."""
     nb, _, k = Y.shape
+    n_groups = int(group.max()) + 1
     at = np.arange(nb)
     U = np.empty((nb, k), dtype=Y.dtype)
     for j in range(k):
         y = Y[:, :, j]
         a = np.abs(y)
         top = a.max(axis=1)
-        r = np.argmax(a >= tau * top[:, None], axis=1)
+        first = np.min(np.where(a >= tau * top[:, None], group, n_groups), axis=1)
+        r = np.argmax(np.where(group == first[:, None], a, -1.0), axis=1)
         u = y[at, r]
         U[:, j] = u
         zero = top == 0.0
@@ -249,14 +256,15 @@ def lyapunov(
         raise ConfigError("n_steps", f"is {n_steps} (qr_every {qr_every})", "use positive counts")
     k = model.M * model.C if k is None else k
     basis = _SlotBasis(core, state, random_tangent(core, k, state.batch, seed))
-    total = echelon(basis.Y, PIVOT_TOL)
+    total = echelon(basis.Y, PIVOT_TOL, basis.groups())
     mo = np.empty((n_steps, model.M, state.batch))
     for i in range(n_steps):
         mo[i] = basis.step(state, b)
         if i == n_steps - 1:
-            total += echelon(basis.Y, 1.0)  # last step: partial pivoting, a well-conditioned end
+            # last step: partial pivoting, a well-conditioned end basis
+            total += echelon(basis.Y, 1.0, basis.groups())
         elif (i + 1) % qr_every == 0:
-            total += echelon(basis.Y, PIVOT_TOL)
+            total += echelon(basis.Y, PIVOT_TOL, basis.groups())
     with np.errstate(divide="ignore"):
         R = np.linalg.qr(basis.tangent().stacked(), mode="r")
         total += np.log(np.abs(np.diagonal(R, axis1=1, axis2=2)))
