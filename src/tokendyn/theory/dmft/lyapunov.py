@@ -174,7 +174,8 @@ class _SlotBasis:
 
     def groups(self) -> np.ndarray:
         """Group index of every row: 0 for dÂ, then 1… for the slots, newest first."""
-        sizes = [self.core.M] + [self.core.M if P else 2 * self.core.M for _, P in self.slots]
+        M = self.core.M
+        sizes = [M] + [2 * M if P is None else M for _, P in self.slots]
         return np.repeat(np.arange(len(sizes)), sizes)
 
     def tangent(self) -> Tangent:
@@ -247,7 +248,8 @@ def lyapunov(
 ) -> LyapunovResult:
     """Mean-field Lyapunov spectrum over n_steps steps from `state` (advanced in place); run the
     transient first with `MeanFieldMap.run`. k defaults to M·C (the window map's dimension).
-    qr_every > 1 saves time but only the leading exponents survive (the others underflow)."""
+    qr_every > 1 re-echelons only every qr_every steps: less work, only the leading exponents are
+    reliable."""
     core = Core(model, "block")
     b = check_beta(beta)
     if b.size not in (1, state.batch):
