@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 
 from tokendyn.theory.dmft.dynamics import Core, WindowState
-from tokendyn.theory.dmft.lyapunov import Tangent, lyapunov, random_tangent, regime, tangent_step
+from tokendyn.theory.dmft.lyapunov import (
+    Tangent,
+    echelon,
+    lyapunov,
+    random_tangent,
+    regime,
+    tangent_step,
+)
 from tokendyn.theory.dmft.meanfield import MeanFieldMap
 from tokendyn.theory.dmft.model import paper_model, positional_codes
 from tokendyn.theory.dmft.runs import lyapunov_summary
@@ -233,26 +240,59 @@ def _within(library, reference):
 
 @pytest.mark.parametrize("beta", [1.3, 2.0])
 def test_leading_exponents_match_the_80_digit_reference(beta):
-    """λ1…λ3 (over 300 steps at β = 2, λ4…λ6 are already 4–9 % off: not claimed)."""
+    """λ1…λ3, which give the regime labels."""
     library, reference = _exponents(beta, 60)
     assert _within(library[:3], reference[:3]).all(), (library, reference)
 
 
+def test_every_exponent_matches_the_80_digit_reference_at_beta_1_3():
+    """All 12 exponents over 60 steps (deep ones −4.3…−7.3: the one-hot steps' true contraction)."""
+    library, reference = _exponents(1.3, 60)
+    assert _within(library, reference).all(), (library, reference)
+
+
 @pytest.mark.xfail(
     strict=True,
-    reason="deep exponents: steps whose softmax weights fall below 1e-16 of the largest contract "
-    "by factors (down to e^-135 at β = 2) that a double-precision QR of the 27-dim tangent "
-    "vectors cannot resolve; see docs/dmft.md",
+    reason="over the first C = 4 steps the 27-dimensional start basis is generic in a space larger "
+    "than the 12-dimensional window (raw slots), where the echelon meets cancellations that "
+    "double-precision Jacobian entries resolve only to 1e-16; a fixed 10–55 (log units) on "
+    "λ7…λ12: λ9 6.9 % off over 60 steps, within 1.4 % over 300 (slow test, docs/dmft.md)",
 )
-@pytest.mark.parametrize("beta", [1.3, 2.0])
-def test_every_exponent_matches_the_80_digit_reference(beta):
-    library, reference = _exponents(beta, 60)
+def test_every_exponent_matches_the_80_digit_reference_at_beta_2_over_60_steps():
+    library, reference = _exponents(2.0, 60)
     assert _within(library, reference).all(), (library, reference)
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="as test_every_exponent_matches_the_80_digit_reference")
 @pytest.mark.parametrize("beta", [1.3, 2.0])
 def test_every_exponent_matches_the_80_digit_reference_over_300_steps(beta):
     library, reference = _exponents(beta, 300)
     assert _within(library, reference).all(), (library, reference)
+
+
+def test_echelon_keeps_every_leading_span():
+    """Y = Y' U with U upper triangular: the j-volume of the first j columns of Y equals
+    Π_{i≤j} |U_ii| times that of Y'; each pivot is 1 and the largest entry of the newest group
+    holding an entry ≥ tau·max, and later columns vanish on earlier pivot rows."""
+    rng = np.random.default_rng(3)
+    Y = rng.standard_normal((2, 9, 6)) * np.logspace(0, -30, 9)[None, :, None]
+    Y[0, :3, 2:] = 0.0  # later columns of batch member 0 start without the newest group
+    group = np.repeat(np.arange(3), 3)
+    before = Y.copy()
+    logs = echelon(Y, 1e-14, group)
+
+    def log_volumes(Z):
+        R = np.linalg.qr(Z.astype(np.float64), mode="r")
+        return np.cumsum(np.log(np.abs(np.diagonal(R, axis1=1, axis2=2))), axis=1)
+
+    np.testing.assert_allclose(log_volumes(before), log_volumes(Y) + np.cumsum(logs, axis=1),
+                               rtol=1e-10)  # fmt: skip
+    for b in range(2):
+        pivots = []
+        for j in range(6):
+            y = np.abs(Y[b, :, j])
+            assert (y[pivots] == 0.0).all()
+            first = group[y >= 1e-14 * y.max()].min()
+            r = int(np.argmax(np.where(group == first, y, -1.0)))
+            assert Y[b, r, j] == 1.0
+            pivots.append(r)

@@ -101,19 +101,23 @@ class Core:
         """(m^o, m^v, m^q, m^k) stacked (4M, B) from the column averages u (K, B)."""
         return contract(self.G, u) + self.offset[phase, :, None]
 
+    def scores(self, state: WindowState, q: np.ndarray) -> np.ndarray:
+        """s_τ = (γ/√M) m^q·m^k_τ over the window slots (C, B); −∞ on slots not yet filled."""
+        s = q[0] * state.K[:, 0]
+        for a in range(1, self.M):
+            s += q[a] * state.K[:, a]
+        s *= self.score
+        if state.filled < self.C:
+            s[state.filled :] = -np.inf
+        return s
+
     def attend(self, state: WindowState, m: np.ndarray, phase: int) -> np.ndarray:
         """Write slot `phase`, update Â in place, return the attention weights α (C, B)."""
         M = self.M
         state.V[phase] = m[M : 2 * M]
         state.K[phase] = m[3 * M :]
         state.filled = min(state.filled + 1, self.C)
-        q = m[2 * M : 3 * M]
-        s = q[0] * state.K[:, 0]
-        for a in range(1, M):
-            s += q[a] * state.K[:, a]
-        s *= self.score
-        if state.filled < self.C:
-            s[state.filled :] = -np.inf
+        s = self.scores(state, m[2 * M : 3 * M])
         s -= s.max(axis=0)
         alpha = np.exp(s)
         alpha /= alpha.sum(axis=0)
