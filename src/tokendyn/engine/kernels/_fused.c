@@ -425,6 +425,42 @@ static int nonfinite_##SUF(const T *p, int64_t n) {                             
     return bad;                                                                                  \
 }                                                                                                \
                                                                                                  \
+/* q = beta Q y, kT = K y, vT = V y for every token; D, KQ, MV compile-time where dispatched. */ \
+static inline __attribute__((always_inline)) void lean_qkv_##SUF(                                \
+    const T *y, int64_t N, const int64_t D, const int64_t KQ, const int64_t MV, const T *Q,      \
+    const T *K, const T *V, T bh, T *q, T *kT, T *vT) {                                          \
+    for (int64_t i = 0; i < N; ++i) {                                                            \
+        const T *yi = y + i * D;                                                                 \
+        for (int64_t c = 0; c < KQ; ++c) {                                                       \
+            T sq = 0, sk = 0;                                                                    \
+            for (int64_t a = 0; a < D; ++a) {                                                    \
+                sq += Q[c * D + a] * yi[a];                                                      \
+                sk += K[c * D + a] * yi[a];                                                      \
+            }                                                                                    \
+            q[i * KQ + c] = bh * sq;                                                             \
+            kT[c * N + i] = sk;                                                                  \
+        }                                                                                        \
+        for (int64_t c = 0; c < MV; ++c) {                                                       \
+            T sv = 0;                                                                            \
+            for (int64_t a = 0; a < D; ++a) sv += V[c * D + a] * yi[a];                          \
+            vT[c * N + i] = sv;                                                                  \
+        }                                                                                        \
+    }                                                                                            \
+}                                                                                                \
+                                                                                                 \
+/* Sphere: F_i <- F_i - <F_i, y^_i> y^_i, y^_i = y_i/|y_i| (space.py's tangent projection). */    \
+static inline __attribute__((always_inline)) void lean_tangent_##SUF(const T *y, int64_t N,      \
+                                                                     const int64_t D, T *F) {    \
+    for (int64_t i = 0; i < N; ++i) {                                                            \
+        const T *yi = y + i * D;                                                                 \
+        T *Fi = F + i * D, n2 = 0, dot = 0;                                                      \
+        for (int64_t a = 0; a < D; ++a) n2 += yi[a] * yi[a];                                     \
+        const T nrm = SQRT(n2);                                                                  \
+        for (int64_t a = 0; a < D; ++a) dot += Fi[a] * (yi[a] / nrm);                            \
+        for (int64_t a = 0; a < D; ++a) Fi[a] -= dot * (yi[a] / nrm);                            \
+    }                                                                                            \
+}                                                                                                \
+                                                                                                 \
 static void lean_field_##SUF(const T *y, int64_t N, int64_t d, int64_t H,                       \
                              const T *const *mats, const int64_t *hdims, const T *beta,          \
                              int64_t bstride, int causal, int unnorm, int sphere, T *q, T *kT,   \
@@ -436,23 +472,12 @@ static void lean_field_##SUF(const T *y, int64_t N, int64_t d, int64_t H,       
         const T *W = mats[4 * h + 3];                                                            \
         const int64_t k = hdims[2 * h], m = hdims[2 * h + 1];                                    \
         const T bh = beta[h * bstride];                                                          \
-        for (int64_t i = 0; i < N; ++i) {                                                        \
-            const T *yi = y + i * d;                                                             \
-            for (int64_t c = 0; c < k; ++c) {                                                    \
-                T sq = 0, sk = 0;                                                                \
-                for (int64_t a = 0; a < d; ++a) {                                                \
-                    sq += Q[c * d + a] * yi[a];                                                  \
-                    sk += K[c * d + a] * yi[a];                                                  \
-                }                                                                                \
-                q[i * k + c] = bh * sq;                                                          \
-                kT[c * N + i] = sk;                                                              \
-            }                                                                                    \
-            for (int64_t c = 0; c < m; ++c) {                                                    \
-                T sv = 0;                                                                        \
-                for (int64_t a = 0; a < d; ++a) sv += V[c * d + a] * yi[a];                      \
-                vT[c * N + i] = sv;                                                              \
-            }                                                                                    \
-        }                                                                                        \
+        if (d == 2 && k == 2 && m == 2) lean_qkv_##SUF(y, N, 2, 2, 2, Q, K, V, bh, q, kT, vT);    \
+        else if (d == 3 && k == 3 && m == 3)                                                     \
+            lean_qkv_##SUF(y, N, 3, 3, 3, Q, K, V, bh, q, kT, vT);                               \
+        else if (d == 4 && k == 4 && m == 4)                                                     \
+            lean_qkv_##SUF(y, N, 4, 4, 4, Q, K, V, bh, q, kT, vT);                               \
+        else lean_qkv_##SUF(y, N, d, k, m, Q, K, V, bh, q, kT, vT);                              \
         tokendyn_attend_##SUF(q, kT, vT, 0, 0, N, k, m, 0, N, 0, causal, 0, 0, o,               \
                               unnorm ? lse : 0);                                                 \
         for (int64_t i = 0; i < N; ++i) {                                                        \
@@ -473,14 +498,10 @@ static void lean_field_##SUF(const T *y, int64_t N, int64_t d, int64_t H,       
         }                                                                                        \
     }                                                                                            \
     if (sphere) {                                                                                \
-        for (int64_t i = 0; i < N; ++i) {                                                        \
-            const T *yi = y + i * d;                                                             \
-            T *Fi = F + i * d, n2 = 0, dot = 0;                                                  \
-            for (int64_t a = 0; a < d; ++a) n2 += yi[a] * yi[a];                                 \
-            const T nrm = SQRT(n2);                                                              \
-            for (int64_t a = 0; a < d; ++a) dot += Fi[a] * (yi[a] / nrm);                        \
-            for (int64_t a = 0; a < d; ++a) Fi[a] -= dot * (yi[a] / nrm);                        \
-        }                                                                                        \
+        if (d == 2) lean_tangent_##SUF(y, N, 2, F);                                              \
+        else if (d == 3) lean_tangent_##SUF(y, N, 3, F);                                         \
+        else if (d == 4) lean_tangent_##SUF(y, N, 4, F);                                         \
+        else lean_tangent_##SUF(y, N, d, F);                                                     \
     }                                                                                            \
 }                                                                                                \
                                                                                                  \
