@@ -22,7 +22,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from tokendyn.engine.attention.base import AttentionField
 from tokendyn.engine.space import Space
+from tokendyn.engine.stepper import lean_stepper
 from tokendyn.errors import ConfigError, NonFiniteStateError
 
 Velocity = Callable[[torch.Tensor], torch.Tensor]
@@ -122,33 +124,125 @@ def integrate(
             "dt", f"dt={dt} does not divide the layer time {layer_time}", "choose dt = τ/k"
         )
 
-    def velocity(y: torch.Tensor, t: float) -> torch.Tensor:
-        v = field_fn(y) if layer_time is None else field_fn(y, t)  # type: ignore[call-arg]
-        return space.project(y, v)
-
     saved_until: float | None = None
 
-    def save(step: int) -> None:
+    def save(step: int, state: torch.Tensor) -> None:
         nonlocal saved_until
         frame = Frame(
             step=step,
             time=step * dt,
-            x=x.detach().cpu().numpy(),
-            stats={name: np.atleast_1d(fn(x).detach().cpu().numpy()) for name, fn in stats.items()},
+            x=state.detach().cpu().numpy(),
+            stats={
+                name: np.atleast_1d(fn(state).detach().cpu().numpy()) for name, fn in stats.items()
+            },
         )
         if on_save is not None:
             on_save(frame)
         saved_until = frame.time
 
+    def stepped(count: int) -> None:
+        if on_step is not None and count > 0:
+            on_step(count)
+
+    if not _needs_grad(field_fn, x):
+        with torch.inference_mode():
+            stepper = lean_stepper(field_fn, space, method, x, dt)
+            if start_step == 0:
+                save(0, x if stepper is None else stepper.x.clone())
+            if stepper is not None:
+                # Chunks between saved frames: one C call each; saving, statistics and progress
+                # are paid per frame, not per step.
+                step = start_step
+                while step < n_steps:
+                    target = min(n_steps, (step // save_every + 1) * save_every)
+                    bad = stepper.advance(target - step)
+                    if bad:
+                        stepped(bad - 1)
+                        raise NonFiniteStateError(step + bad, (step + bad) * dt, saved_until)
+                    save(target, stepper.x.clone())
+                    stepped(target - step)
+                    step = target
+                return stepper.x.clone()
+            x = _generic_loop(
+                field_fn,
+                space,
+                x,
+                dt,
+                step_fn,
+                layer_time,
+                start_step,
+                n_steps,
+                save_every,
+                save,
+                on_step,
+                lambda: saved_until,
+            )
+        return x.clone()  # a normal tensor: callers may use it under autograd
     if start_step == 0:
-        save(0)
+        save(0, x)
+    return _generic_loop(
+        field_fn,
+        space,
+        x,
+        dt,
+        step_fn,
+        layer_time,
+        start_step,
+        n_steps,
+        save_every,
+        save,
+        on_step,
+        lambda: saved_until,
+    )
+
+
+def _needs_grad(field_fn: Velocity, x: torch.Tensor) -> bool:
+    """Whether autograd may be needed: gradients are on and the state or an attention field's
+    weights require them (any other callable may hold parameters, so it is assumed to)."""
+    if not torch.is_grad_enabled():
+        return False
+    if x.requires_grad or not isinstance(field_fn, AttentionField):
+        return True
+    for head in field_fn.heads:
+        for t in (head.Q, head.K, head.V, head.W, head.beta):
+            if isinstance(t, torch.Tensor) and t.requires_grad:
+                return True
+    return False
+
+
+def _generic_loop(
+    field_fn: Velocity,
+    space: Space,
+    x: torch.Tensor,
+    dt: float,
+    step_fn: Callable[[Velocity, torch.Tensor, float], torch.Tensor],
+    layer_time: float | None,
+    start_step: int,
+    n_steps: int,
+    save_every: int,
+    save: Callable[[int, torch.Tensor], None],
+    on_step: Callable[[int], None] | None,
+    saved_until: Callable[[], float | None],
+) -> torch.Tensor:
+    """The per-step torch loop: any field, any space, differentiable."""
+
+    def velocity(y: torch.Tensor) -> torch.Tensor:
+        return space.project(y, field_fn(y))
+
     for step in range(start_step + 1, n_steps + 1):
-        t_n = (step - 1) * dt
-        x = space.retract(step_fn(lambda y, t_n=t_n: velocity(y, t_n), x, dt))
+        if layer_time is None:
+            F = velocity
+        else:
+            t_n = (step - 1) * dt
+
+            def F(y: torch.Tensor, t_n: float = t_n) -> torch.Tensor:
+                return space.project(y, field_fn(y, t_n))  # type: ignore[call-arg]
+
+        x = space.retract(step_fn(F, x, dt))
         if not torch.isfinite(x).all():
-            raise NonFiniteStateError(step, step * dt, saved_until)
+            raise NonFiniteStateError(step, step * dt, saved_until())
         if step % save_every == 0 or step == n_steps:
-            save(step)
+            save(step, x)
         if on_step is not None:
             on_step(1)
     return x

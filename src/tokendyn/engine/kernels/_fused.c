@@ -394,3 +394,169 @@ DEFINE_BWD_BATCHED(double, f64)
 
 int tokendyn_fused_abi(void) { return 4; }
 int tokendyn_fused_max_dim(void) { return MAXD; }
+
+/* ---------------------------------------------------------------------------------------------
+ * Lean stepping driver (engine/stepper.py). For each cloud b in [b_begin, b_end) of a batch
+ * x (B, N, d), stored contiguously and updated in place, take `steps` steps of size dt of
+ *   dx_i/dt = F(x)_i = P_{x_i} sum_h W_h sum_j w^h_ij V_h x_j,
+ *   w^h_ij = softmax_j(beta_bh <Q_h x_i, K_h x_j>)   (unnorm: exp(s_ij) / N instead)
+ * (W_h NULL: identity; causal: j <= i) with
+ *   method 0 euler: x <- x + dt F(x)
+ *   method 1 heun:  x <- x + dt/2 (k1 + k2),  k1 = F(x), k2 = F(x + dt k1)
+ *   method 2 rk4:   x <- x + dt/6 (k1 + 2 k2 + 2 k3 + k4)  (classical stages)
+ * sphere: P_x v = v - <x^, v> x^ with x^ = x/|x|, and the retraction x <- x/|x| after each step;
+ * Euclidean: no projection, no retraction. The operations and their order follow
+ * engine/integrate.py, engine/space.py and attention/softmax.py. Each head's N x N reduction is
+ * tokendyn_attend_* above (q = beta Q y, kT = K y, vT = V y in the caller's workspace).
+ * mats holds 4 pointers per head (Q (k,d), K (k,d), V (m,d), W (d,m) or NULL), hdims (k, m) per
+ * head, beta (H, B) (one beta per head and cloud). work: 3 N d + N (2 kmax + 2 mmax + 1) values, reused for every cloud.
+ * fail[b] = the first step (1..steps) after which cloud b holds a NaN or Inf (0: none); the cloud
+ * is not advanced further. Finiteness is tested on the bits: the library is built with
+ * -ffinite-math-only, under which isfinite() may be folded to true.
+ * ------------------------------------------------------------------------------------------- */
+#define DEFINE_LEAN(T, SUF, UINT, EXPMASK, SQRT)                                                 \
+static int nonfinite_##SUF(const T *p, int64_t n) {                                               \
+    int bad = 0;                                                                                 \
+    for (int64_t i = 0; i < n; ++i) {                                                            \
+        UINT u;                                                                                  \
+        __builtin_memcpy(&u, p + i, sizeof u);                                                   \
+        bad |= (u & EXPMASK) == EXPMASK;                                                         \
+    }                                                                                            \
+    return bad;                                                                                  \
+}                                                                                                \
+                                                                                                 \
+/* q = beta Q y, kT = K y, vT = V y for every token; D, KQ, MV compile-time where dispatched. */ \
+static inline __attribute__((always_inline)) void lean_qkv_##SUF(                                \
+    const T *y, int64_t N, const int64_t D, const int64_t KQ, const int64_t MV, const T *Q,      \
+    const T *K, const T *V, T bh, T *q, T *kT, T *vT) {                                          \
+    for (int64_t i = 0; i < N; ++i) {                                                            \
+        const T *yi = y + i * D;                                                                 \
+        for (int64_t c = 0; c < KQ; ++c) {                                                       \
+            T sq = 0, sk = 0;                                                                    \
+            for (int64_t a = 0; a < D; ++a) {                                                    \
+                sq += Q[c * D + a] * yi[a];                                                      \
+                sk += K[c * D + a] * yi[a];                                                      \
+            }                                                                                    \
+            q[i * KQ + c] = bh * sq;                                                             \
+            kT[c * N + i] = sk;                                                                  \
+        }                                                                                        \
+        for (int64_t c = 0; c < MV; ++c) {                                                       \
+            T sv = 0;                                                                            \
+            for (int64_t a = 0; a < D; ++a) sv += V[c * D + a] * yi[a];                          \
+            vT[c * N + i] = sv;                                                                  \
+        }                                                                                        \
+    }                                                                                            \
+}                                                                                                \
+                                                                                                 \
+/* Sphere: F_i <- F_i - <F_i, y^_i> y^_i, y^_i = y_i/|y_i| (space.py's tangent projection). */    \
+static inline __attribute__((always_inline)) void lean_tangent_##SUF(const T *y, int64_t N,      \
+                                                                     const int64_t D, T *F) {    \
+    for (int64_t i = 0; i < N; ++i) {                                                            \
+        const T *yi = y + i * D;                                                                 \
+        T *Fi = F + i * D, n2 = 0, dot = 0;                                                      \
+        for (int64_t a = 0; a < D; ++a) n2 += yi[a] * yi[a];                                     \
+        const T nrm = SQRT(n2);                                                                  \
+        for (int64_t a = 0; a < D; ++a) dot += Fi[a] * (yi[a] / nrm);                            \
+        for (int64_t a = 0; a < D; ++a) Fi[a] -= dot * (yi[a] / nrm);                            \
+    }                                                                                            \
+}                                                                                                \
+                                                                                                 \
+static void lean_field_##SUF(const T *y, int64_t N, int64_t d, int64_t H,                       \
+                             const T *const *mats, const int64_t *hdims, const T *beta,          \
+                             int64_t bstride, int causal, int unnorm, int sphere, T *q, T *kT,   \
+                             T *vT, T *o, T *lse, T *F) {                                        \
+    for (int64_t i = 0; i < N * d; ++i) F[i] = 0;                                                \
+    const T log_n = (T)log((double)N);                                                           \
+    for (int64_t h = 0; h < H; ++h) {                                                            \
+        const T *Q = mats[4 * h], *K = mats[4 * h + 1], *V = mats[4 * h + 2];                    \
+        const T *W = mats[4 * h + 3];                                                            \
+        const int64_t k = hdims[2 * h], m = hdims[2 * h + 1];                                    \
+        const T bh = beta[h * bstride];                                                          \
+        if (d == 2 && k == 2 && m == 2) lean_qkv_##SUF(y, N, 2, 2, 2, Q, K, V, bh, q, kT, vT);    \
+        else if (d == 3 && k == 3 && m == 3)                                                     \
+            lean_qkv_##SUF(y, N, 3, 3, 3, Q, K, V, bh, q, kT, vT);                               \
+        else if (d == 4 && k == 4 && m == 4)                                                     \
+            lean_qkv_##SUF(y, N, 4, 4, 4, Q, K, V, bh, q, kT, vT);                               \
+        else lean_qkv_##SUF(y, N, d, k, m, Q, K, V, bh, q, kT, vT);                              \
+        tokendyn_attend_##SUF(q, kT, vT, 0, 0, N, k, m, 0, N, 0, causal, 0, 0, o,               \
+                              unnorm ? lse : 0);                                                 \
+        for (int64_t i = 0; i < N; ++i) {                                                        \
+            T *oi = o + i * m, *Fi = F + i * d;                                                  \
+            if (unnorm) {                                                                        \
+                const T z = (T)exp((double)(lse[i] - log_n));                                    \
+                for (int64_t c = 0; c < m; ++c) oi[c] *= z;                                      \
+            }                                                                                    \
+            if (W) {                                                                             \
+                for (int64_t a = 0; a < d; ++a) {                                                \
+                    T s = 0;                                                                     \
+                    for (int64_t c = 0; c < m; ++c) s += W[a * m + c] * oi[c];                   \
+                    Fi[a] += s;                                                                  \
+                }                                                                                \
+            } else {                                                                             \
+                for (int64_t a = 0; a < d; ++a) Fi[a] += oi[a];                                  \
+            }                                                                                    \
+        }                                                                                        \
+    }                                                                                            \
+    if (sphere) {                                                                                \
+        if (d == 2) lean_tangent_##SUF(y, N, 2, F);                                              \
+        else if (d == 3) lean_tangent_##SUF(y, N, 3, F);                                         \
+        else if (d == 4) lean_tangent_##SUF(y, N, 4, F);                                         \
+        else lean_tangent_##SUF(y, N, d, F);                                                     \
+    }                                                                                            \
+}                                                                                                \
+                                                                                                 \
+void tokendyn_lean_steps_##SUF(T *x, int64_t B, int64_t b_begin, int64_t b_end, int64_t N,       \
+                               int64_t d, int64_t H, const T *const *mats,                       \
+                               const int64_t *hdims, const T *beta, int causal,                  \
+                               int unnorm, int sphere, int method, double dt,                    \
+                               int64_t steps, T *work, int64_t *fail) {                          \
+    int64_t kmax = 1, mmax = 1;                                                                  \
+    for (int64_t h = 0; h < H; ++h) {                                                            \
+        kmax = hdims[2 * h] > kmax ? hdims[2 * h] : kmax;                                        \
+        mmax = hdims[2 * h + 1] > mmax ? hdims[2 * h + 1] : mmax;                                \
+    }                                                                                            \
+    const int64_t nd = N * d;                                                                    \
+    T *y = work, *F = y + nd, *acc = F + nd, *q = acc + nd, *kT = q + N * kmax;                  \
+    T *vT = kT + N * kmax, *o = vT + N * mmax, *lse = o + N * mmax;                              \
+    const T h1 = (T)dt, h2 = (T)(0.5 * dt), h6 = (T)(dt / 6.0);                                  \
+    for (int64_t b = b_begin; b < b_end; ++b) {                                                  \
+        T *xb = x + b * nd;                                                                      \
+        const T *bb = beta + b;                                                                  \
+        fail[b] = 0;                                                                             \
+        for (int64_t s = 1; s <= steps; ++s) {                                                   \
+            lean_field_##SUF(xb, N, d, H, mats, hdims, bb, B, causal, unnorm, sphere, q, kT,    \
+                             vT, o, lse, F);                                                     \
+            if (method == 0) {                                                                   \
+                for (int64_t i = 0; i < nd; ++i) xb[i] = xb[i] + h1 * F[i];                      \
+            } else if (method == 1) {                                                            \
+                for (int64_t i = 0; i < nd; ++i) { acc[i] = F[i]; y[i] = xb[i] + h1 * F[i]; }    \
+                lean_field_##SUF(y, N, d, H, mats, hdims, bb, B, causal, unnorm, sphere, q, kT, \
+                                 vT, o, lse, F);                                                 \
+                for (int64_t i = 0; i < nd; ++i) xb[i] = xb[i] + h2 * (acc[i] + F[i]);           \
+            } else {                                                                             \
+                for (int64_t i = 0; i < nd; ++i) { acc[i] = F[i]; y[i] = xb[i] + h2 * F[i]; }    \
+                lean_field_##SUF(y, N, d, H, mats, hdims, bb, B, causal, unnorm, sphere, q, kT, \
+                                 vT, o, lse, F);                                                 \
+                for (int64_t i = 0; i < nd; ++i) { acc[i] += 2 * F[i]; y[i] = xb[i] + h2 * F[i]; } \
+                lean_field_##SUF(y, N, d, H, mats, hdims, bb, B, causal, unnorm, sphere, q, kT, \
+                                 vT, o, lse, F);                                                 \
+                for (int64_t i = 0; i < nd; ++i) { acc[i] += 2 * F[i]; y[i] = xb[i] + h1 * F[i]; } \
+                lean_field_##SUF(y, N, d, H, mats, hdims, bb, B, causal, unnorm, sphere, q, kT, \
+                                 vT, o, lse, F);                                                 \
+                for (int64_t i = 0; i < nd; ++i) xb[i] = xb[i] + h6 * (acc[i] + F[i]);           \
+            }                                                                                    \
+            if (sphere) {                                                                        \
+                for (int64_t i = 0; i < N; ++i) {                                                \
+                    T *xi = xb + i * d, n2 = 0;                                                  \
+                    for (int64_t a = 0; a < d; ++a) n2 += xi[a] * xi[a];                         \
+                    const T nrm = SQRT(n2);                                                      \
+                    for (int64_t a = 0; a < d; ++a) xi[a] = xi[a] / nrm;                         \
+                }                                                                                \
+            }                                                                                    \
+            if (nonfinite_##SUF(xb, nd)) { fail[b] = s; break; }                                  \
+        }                                                                                        \
+    }                                                                                            \
+}
+
+DEFINE_LEAN(float, f32, uint32_t, 0x7f800000u, sqrtf)
+DEFINE_LEAN(double, f64, uint64_t, 0x7ff0000000000000ull, sqrt)

@@ -250,6 +250,11 @@ def load() -> ctypes.CDLL | None:
             "attend_batch": [pointer] * 5 + [i64] * 8 + [c_int, c_int, scalar] + [pointer] * 2,
             "attend_bwd": [pointer] * 5 + [i64] * 5 + [c_int, c_int, scalar] + [pointer] * 7,
             "attend_bwd_batch": [pointer] * 5 + [i64] * 8 + [c_int, c_int, scalar] + [pointer] * 7,
+            "lean_steps": [pointer]
+            + [i64] * 6
+            + [pointer] * 3
+            + [c_int] * 4
+            + [ctypes.c_double, i64, pointer, pointer],
         }
         for name, argtypes in signatures.items():
             fn = getattr(lib, f"tokendyn_{name}_{suffix}")

@@ -1,0 +1,219 @@
+"""The lean stepping path (engine/stepper.py + the fused C driver) against the generic torch loop.
+
+TOKENDYN_LEAN=0 forces the generic per-step path; both run the same equations, so they differ only
+by rounding. Tolerance: one field evaluation sums N keys and d, k components; in a different order
+(online fused softmax vs dense torch), each sum may differ by ≤ (N + 2d)·u·Σ|terms| and the
+exponential (polynomial vs libm) by a few u per weight, so each stage velocity differs by
+≤ (N + 4d + 16)·u·M, M = max|F| ≤ H·max‖W_h V_h‖·max|x| ≤ 2 for the matrices below (norms ≤ 1,
+|x| ≤ 2 over the short runs). A step adds dt·that plus a few u from the update and the
+retraction; over s steps differences are amplified at most by e^{L t}, L ≤ H(1 + 2β_max) ≤ 10 here
+(Lipschitz constant of the field for these norms). So |x_lean − x_generic| ≤
+s·(N + 4d + 16)·u·2·e^{10 t}·max(1, |x|) with u the unit round-off of the dtype.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from tokendyn.engine import stepper
+from tokendyn.engine.attention import Head, SigmoidAttention, SoftmaxAttention
+from tokendyn.engine.blocks import Block, Layer, LayerSchedule
+from tokendyn.engine.integrate import integrate
+from tokendyn.engine.kernels import fused
+from tokendyn.engine.space import Euclidean, Sphere
+from tokendyn.errors import NonFiniteStateError
+
+pytestmark = pytest.mark.skipif(not fused.available(), reason="no C compiler: no lean path")
+
+D, DT, STEPS = 3, 0.1, 4
+
+
+def _matrix(g: torch.Generator, rows: int, cols: int, norm: float) -> torch.Tensor:
+    m = torch.randn(rows, cols, generator=g, dtype=torch.float64)
+    return norm * m / torch.linalg.matrix_norm(m, 2)
+
+
+def _field(heads: int, beta_per_cloud: bool, B: int, mask, seed: int = 0) -> SoftmaxAttention:
+    g = torch.Generator().manual_seed(seed)
+    betas = torch.tensor([0.5, 2.0, 1.0][:B], dtype=torch.float64) if beta_per_cloud else 1.5
+    if heads == 1:
+        hs = [Head(*(_matrix(g, D, D, 1.0) for _ in range(3)), betas)]
+    else:
+        hs = [
+            Head(
+                _matrix(g, 2, D, 1.0),
+                _matrix(g, 2, D, 1.0),
+                _matrix(g, 2, D, 1.0),
+                betas,
+                _matrix(g, D, 2, 0.5),
+            )
+            for _ in range(2)
+        ]
+    return SoftmaxAttention(hs, mask=mask)
+
+
+def _both(monkeypatch, field, space, x0, method, **kwargs):
+    monkeypatch.setenv("TOKENDYN_LEAN", "1")
+    lean = integrate(field, space, x0, t_end=STEPS * DT, dt=DT, method=method, **kwargs)
+    monkeypatch.setenv("TOKENDYN_LEAN", "0")
+    generic = integrate(field, space, x0, t_end=STEPS * DT, dt=DT, method=method, **kwargs)
+    return lean, generic
+
+
+def _tolerance(dtype: torch.dtype, n: int) -> float:
+    u = torch.finfo(dtype).eps / 2
+    return STEPS * (n + 4 * D + 16) * u * 2 * math.exp(10 * STEPS * DT)
+
+
+def _cases() -> list:
+    """Every combination; the default run keeps a subset that still covers each method × space ×
+    dtype with both masks, 1 and 2 heads, both β kinds, B = 1 and 3 and N = 1, 7, 64 (the rest is
+    marked slow)."""
+    cases = []
+    for method, space, dtype, mask, heads, per_cloud, B, n in itertools.product(
+        ["euler", "heun", "rk4"],
+        [Sphere(D), Euclidean()],
+        [torch.float32, torch.float64],
+        [None, "causal"],
+        [1, 2],
+        [False, True],
+        [1, 3],
+        [1, 2, 7, 64],
+    ):
+        fast = (mask is None) == (heads == 1) and per_cloud == (B == 3) and n != 2
+        marks = () if fast else (pytest.mark.slow,)
+        args = (method, space, dtype, mask, heads, per_cloud, B, n)
+        cases.append(pytest.param(*args, marks=marks))
+    return cases
+
+
+@pytest.mark.parametrize(
+    ("method", "space", "dtype", "mask", "heads", "beta_per_cloud", "B", "n"), _cases()
+)
+def test_lean_path_equals_generic_path(
+    monkeypatch, method, space, dtype, mask, heads, beta_per_cloud, B, n
+):
+    field = _field(heads, beta_per_cloud, B, mask).to(dtype)
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.randn(B, n, D, generator=g, dtype=torch.float64)
+    x0 = (x0 / x0.norm(dim=-1, keepdim=True)).to(dtype)
+    assert stepper.lean_stepper(field, space, method, x0, DT) is not None
+    frames: dict[str, list] = {"lean": [], "generic": []}
+    monkeypatch.setenv("TOKENDYN_LEAN", "1")
+    lean = integrate(
+        field, space, x0, t_end=STEPS * DT, dt=DT, method=method, save_every=3,
+        on_save=frames["lean"].append,
+    )  # fmt: skip
+    monkeypatch.setenv("TOKENDYN_LEAN", "0")
+    generic = integrate(
+        field, space, x0, t_end=STEPS * DT, dt=DT, method=method, save_every=3,
+        on_save=frames["generic"].append,
+    )  # fmt: skip
+    tol = _tolerance(dtype, n) * max(1.0, generic.abs().max().item())
+    assert (lean - generic).abs().max().item() <= tol
+    assert [f.step for f in frames["lean"]] == [f.step for f in frames["generic"]] == [0, 3, 4]
+    for a, b in zip(frames["lean"], frames["generic"], strict=True):
+        assert abs(a.x - b.x).max() <= tol
+
+
+def test_normalise_n_equals_generic(monkeypatch):
+    field = _field(2, True, 3, "causal")
+    field.normalise = "n"
+    x0 = torch.randn(3, 9, D, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    lean, generic = _both(monkeypatch, field, Euclidean(), x0, "rk4")
+    assert (lean - generic).abs().max().item() <= _tolerance(torch.float64, 9)
+
+
+@pytest.mark.parametrize("method", ["euler", "heun", "rk4"])
+def test_uniform_attention_growth_is_exact(monkeypatch, method):
+    """Q = K = 0, V = c·I on R^d: ẋ_i = c·x̄, so x̄ is multiplied by the scheme's growth factor
+    R(z) (Euler 1 + z, Heun 1 + z + z²/2, RK4 Σ_{k≤4} zᵏ/k!), z = c·dt, per step and x_i − x̄ is
+    constant: an exact solution for the lean path alone."""
+    c = 0.7
+    zero = torch.zeros(1, D, dtype=torch.float64)
+    field = SoftmaxAttention([Head(zero, zero, c * torch.eye(D, dtype=torch.float64), 1.0)])
+    x0 = torch.randn(2, 5, D, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    monkeypatch.setenv("TOKENDYN_LEAN", "1")
+    assert stepper.lean_stepper(field, Euclidean(), method, x0, DT) is not None
+    out = integrate(field, Euclidean(), x0, t_end=1.0, dt=DT, method=method)
+    z = c * DT
+    R = {"euler": 1 + z, "heun": 1 + z + z**2 / 2, "rk4": 1 + z + z**2 / 2 + z**3 / 6 + z**4 / 24}
+    mean0 = x0.mean(1, keepdim=True)
+    assert (out.mean(1, keepdim=True) - R[method] ** 10 * mean0).abs().max().item() < 1e-13
+    assert ((out - out.mean(1, keepdim=True)) - (x0 - mean0)).abs().max().item() < 1e-13
+
+
+@pytest.mark.parametrize("method", ["euler", "heun", "rk4"])
+@pytest.mark.parametrize(("dtype", "c"), [(torch.float32, 1e3), (torch.float64, 1e20)])
+def test_overflow_raises_the_same_error(monkeypatch, method, dtype, c):
+    """Uniform attention with V = c·I, dt = 1 multiplies x̄ by R(c) per step (c … c⁴/24), so the
+    state overflows mid-way between saved frames; both paths must stop at the same step with the
+    same fields. c is chosen so that the last finite state (and its stages) lies orders of
+    magnitude below the overflow threshold and the next step far above it: rounding cannot move
+    the step."""
+    zero = torch.zeros(1, D, dtype=dtype)
+    field = SoftmaxAttention([Head(zero, zero, c * torch.eye(D, dtype=dtype), 1.0)])
+    x0 = torch.randn(2, 6, D, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    x0 = x0.to(dtype)
+    errors, counted = [], []
+    for lean in ("1", "0"):
+        monkeypatch.setenv("TOKENDYN_LEAN", lean)
+        steps: list[int] = []
+        with pytest.raises(NonFiniteStateError) as info:
+            integrate(
+                field, Euclidean(), x0, t_end=40.0, dt=1.0, method=method, save_every=3,
+                on_step=steps.append,
+            )  # fmt: skip
+        errors.append((info.value.step, info.value.time, info.value.saved_until))
+        counted.append(sum(steps))
+    assert errors[0] == errors[1]
+    assert 1 < errors[0][0] < 40 and errors[0][0] % 3 != 0  # the check is mid-chunk
+    assert counted[0] == counted[1] == errors[0][0] - 1
+
+
+def test_progress_counts_every_step():
+    field = _field(1, False, 1, None)
+    steps: list[int] = []
+    x0 = torch.randn(1, 4, D, dtype=torch.float64)
+    integrate(field, Sphere(D), x0, t_end=1.7, dt=0.1, save_every=5, on_step=steps.append)
+    assert sum(steps) == 17 and len(steps) == 4  # one report per saved frame
+
+
+def test_fields_needing_gradients_take_the_generic_path():
+    field = _field(2, False, 1, None)
+    field.heads[0].Q.requires_grad_(True)
+    x0 = torch.randn(1, 5, D, dtype=torch.float64, requires_grad=True)
+    assert stepper.lean_stepper(field, Sphere(D), "rk4", x0, DT) is None
+    out = integrate(field, Sphere(D), x0, t_end=0.3, dt=DT, method="rk4")
+    out.square().sum().backward()
+    assert x0.grad is not None and x0.grad.abs().sum() > 0
+    assert field.heads[0].Q.grad is not None and field.heads[0].Q.grad.abs().sum() > 0
+    with torch.no_grad():  # no gradient wanted: the lean path again
+        assert stepper.lean_stepper(field, Sphere(D), "rk4", x0, DT) is not None
+
+
+def test_block_and_sigmoid_fields_never_take_the_lean_path(monkeypatch):
+    built: list[object] = []
+    real = stepper.LeanStepper
+
+    def spy(*args, **kwargs):
+        built.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(stepper, "LeanStepper", spy)
+    eye = torch.eye(D, dtype=torch.float64)
+    x0 = torch.randn(1, 6, D, dtype=torch.float64)
+    sigmoid = SigmoidAttention([Head(eye, eye, eye, 1.0)])
+    block = Block(LayerSchedule([Layer(SoftmaxAttention([Head(eye, eye, eye, 1.0)]))]), norm="none")
+    for f in (sigmoid, block):
+        integrate(f, Sphere(D), x0, t_end=0.2, dt=DT, method="euler")
+    dense = SoftmaxAttention([Head(eye, eye, eye, 1.0)], backend="dense")
+    integrate(dense, Sphere(D), x0, t_end=0.2, dt=DT, method="euler")  # a backend chosen by name
+    assert built == []
+    softmax = SoftmaxAttention([Head(eye, eye, eye, 1.0)])
+    integrate(softmax, Sphere(D), x0, t_end=0.2, dt=DT, method="euler")
+    assert built == [softmax]
