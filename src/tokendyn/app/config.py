@@ -19,6 +19,8 @@ from tokendyn.errors import ConfigError, validation_error
 Matrix = list[list[float]]
 # More steps than this is a typo, not a run (1e8 steps of even 1 µs each take a day).
 MAX_STEPS = 10**8
+# torch.Generator.manual_seed takes a signed 64-bit integer.
+MAX_SEED = 2**63 - 1
 # The statistics a run can save (field `stats`; bound to the run in app/pipeline.py).
 STATISTICS = ("clusters", "effective_dim", "energy")
 
@@ -66,7 +68,12 @@ class SimulationConfig(BaseModel):
     Q: Matrix | None = Field(None, description="explicit query matrix (k×d); overrides qkv")
     K: Matrix | None = Field(None, description="explicit key matrix (k×d); overrides qkv")
     V: Matrix | None = Field(None, description="explicit value matrix (d×d); overrides qkv")
-    seed: int = Field(0, ge=0, description="random seed ≥ 0 (initial cloud and random Q, K, V)")
+    seed: int = Field(
+        0,
+        ge=0,
+        le=MAX_SEED,
+        description="random seed 0 ≤ seed < 2^63 (initial cloud, random Q, K, V)",
+    )
     t_end: float = Field(10.0, gt=0, description="final time (depth) > 0")
     dt: float = Field(0.1, gt=0, description="time step (one residual layer) > 0")
     method: Literal["euler", "heun", "rk4"] = Field("rk4", description="euler, heun or rk4")
