@@ -278,9 +278,17 @@ def estimate_bytes(cfg: SimulationConfig, *, keep_frames: bool) -> int:
     return total
 
 
-def check_size(cfg: SimulationConfig, *, keep_frames: bool, allow_large: bool = False) -> int:
+def check_size(
+    cfg: SimulationConfig,
+    *,
+    keep_frames: bool,
+    allow_large: bool = False,
+    fix: str = "lower n, d or batch (or raise save_every, or give --out so frames go to disk), "
+    "or pass --allow-large",
+) -> int:
     """Refuse a run whose `estimate_bytes` exceeds the memory available on its device (CPU:
-    MemAvailable; GPU: free memory), unless `allow_large`; returns the estimate."""
+    MemAvailable; GPU: free memory), unless `allow_large`; returns the estimate. `fix` ends the
+    message."""
     need = estimate_bytes(cfg, keep_frames=keep_frames)
     if allow_large:
         return need
@@ -294,8 +302,7 @@ def check_size(cfg: SimulationConfig, *, keep_frames: bool, allow_large: bool = 
             f"a run of B·N·d = {cfg.batch}·{cfg.n}·{cfg.d} ({cfg.n_steps} steps, "
             f"{cfg.backend} backend) needs ≈ {_bytes(need)} "
             f"(limit {_bytes(have)} available on {cfg.device})",
-            "lower n, d or batch (or save_every more sparsely, or give --out so frames go to "
-            "disk), or pass --allow-large",
+            fix,
         )
     return need
 
