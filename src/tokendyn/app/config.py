@@ -292,7 +292,15 @@ class SimulationConfig(BaseModel):
         return self
 
     def _check_matrices(self) -> None:
-        """Q, K: k×d with the same shape (k ≤ d with several heads); V: d×d."""
+        """Q, K: k×d with the same shape (k ≤ d with several heads); V, init_cov: d×d."""
+        if self.init_cov is not None and (
+            len(self.init_cov) != self.d or any(len(row) != self.d for row in self.init_cov)
+        ):
+            shape = [len(row) for row in self.init_cov]
+            raise ValueError(
+                f"init_cov: has {len(self.init_cov)} rows of lengths {shape}, expected "
+                f"{self.d}×{self.d}; give a square d×d covariance"
+            )
         for name in ("Q", "K", "V"):
             value = getattr(self, name)
             if value is not None and (not value or len({len(r) for r in value}) != 1):
@@ -400,6 +408,12 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(
             "config", f"cannot read {p} ({err})", "check the file's permissions/encoding"
+        ) from None
+    except RecursionError:
+        raise ConfigError(
+            "config",
+            f"{p} nests arrays or tables too deeply to be read",
+            "write a flat config: numbers, names, lists of numbers and matrices",
         ) from None
 
 

@@ -70,6 +70,9 @@ def register(app: typer.Typer) -> None:
         from tokendyn.theory.dmft.runs import lyapunov_summary
 
         _check_steps(n_record, n_transient)
+        require(
+            "n_record", n_record >= 2, n_record, "use --n-record ≥ 2 (the period compares steps)"
+        )
         out = lyapunov_summary(beta, start.value, n_record, n_transient, _model(gamma, epsilon))
         if as_json:
             print(json.dumps(out))
