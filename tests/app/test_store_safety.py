@@ -217,7 +217,10 @@ DAMAGE = {  # kind: (damage, regex the one-line refusal matches)
     "empty chunk": (_empty_chunk, "'x' frames 10… cannot be decoded"),
     "random-byte chunk": (_random_chunk, "'energy' frames 4… cannot be decoded"),
     "random-byte last x chunk": (_random_last_x_chunk, "'x' frames 10… cannot be decoded"),
-    "deleted step metadata": (_deleted_step_metadata, "no array step along time"),
+    "deleted step metadata": (
+        _deleted_step_metadata,
+        "no array step along time|files tokendyn did not write: .*run.zarr/step\\)",
+    ),
     "garbage group zarr.json": (
         _garbage_group_json,
         "zarr.json is not a readable zarr group|not a readable tokendyn store",
