@@ -67,7 +67,10 @@ class GuardedGroup(TyperGroup):
         except KeyboardInterrupt:
             if _debug(ctx):
                 raise
-            _error_line("interrupted (Ctrl-C); frames already stored are kept")
+            _error_line(
+                "interrupted: stopped by Ctrl-C; frames already stored are kept. Fix: rerun "
+                "the same command (with --resume for a stored run) to continue"
+            )
             raise typer.Exit(code=130) from None
         except TokendynError as err:
             if _debug(ctx):
