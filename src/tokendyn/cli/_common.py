@@ -99,6 +99,15 @@ def require(field: str, ok: bool, value: object, fix: str) -> None:
         raise ConfigError(field, f"is {value}", fix)
 
 
+def require_count(field: str, value: int, low: int = 1) -> None:
+    """Refuse a count (steps, sequences, trials, depth…) below `low` or above MAX_STEPS = 1e8,
+    the limit of a run's steps: more is a typo that would compute for days, not a run."""
+    from tokendyn.app.config import MAX_STEPS
+
+    flag = "--" + field.replace("_", "-")
+    require(field, low <= value <= MAX_STEPS, value, f"use {low} ≤ {flag} ≤ {MAX_STEPS:.0e}")
+
+
 def parse_numbers(field: str, text: str | None) -> list[float] | None:
     """'0, 2.1,4' → [0.0, 2.1, 4.0], with a clear error naming the flag."""
     if text is None:
