@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.cli.fuzz_cases import FAILURES, FAMILIES, OUTCOMES, judge  # noqa: E402
+
 from tokendyn.app.config import make_config  # noqa: E402
 from tokendyn.app.run import run_simulation  # noqa: E402
 

@@ -315,9 +315,7 @@ def reader_options(draw) -> Case:
     command = draw(st.sampled_from(sorted(READER_BASE)))
     extra, ok = draw(st.sampled_from(READER_POOLS[command]))
     args = list(READER_BASE[command])
-    if command == "export":
-        args = args[:2] + extra
-    elif "--out" in extra:
+    if command == "export" or "--out" in extra:
         args = args[:2] + extra
     else:
         args += extra
