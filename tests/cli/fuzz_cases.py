@@ -98,11 +98,12 @@ TOML_VALID: dict[str, list] = {
 }  # fmt: skip
 # junk that a field accepts as valid (a number where a number goes, in range)
 TOML_JUNK_VALID = {
-    "sigmoid_bias": [-5, 0],
+    "sigmoid_bias": [-5, 0, 1e308, 2**70],
     "seed": [0],
-    "init_std": [1e308],
-    "cluster_threshold": [1e308],
-    "layer_time": [],
+    "beta": [1e308, 2**70],
+    "init_std": [1e308, 2**70],
+    "cluster_threshold": [1e308, 2**70],
+    "layer_time": [1e308, 2**70],
 }
 
 CLOSURE_BASE = {
@@ -287,7 +288,7 @@ def sweep_toml(draw) -> Case:
     base = {"n": 4, "d": 2, "t_end": 0.2, "dt": 0.1}
     grid = {"beta": [1.0, 2.0]}
     kind = draw(st.sampled_from(["valid", "base", "grid", "grid value", "scheduler"]))
-    args = ["sweep", "{tmp}/s.toml", "--out", "{tmp}/s.zarr", "--quiet"]
+    args = ["sweep", "{tmp}/s.toml", "--out", "{tmp}/s.zarr"]
     ok = True
     if kind == "base":
         base, ok = draw(st.sampled_from([[1, 2], "x", {"n": {"a": 1}}, {"dt": math.inf}])), False

@@ -23,13 +23,13 @@ from tokendyn.app.run import run_simulation
 
 # examples per family in the default suite (≈ 40 s on 2 shared cores); sweeps start Dask
 BUDGET = {
-    "simulate flags": 60,
-    "simulate TOML": 40,
+    "simulate flags": 80,
+    "simulate TOML": 50,
     "closure": 15,
     "dmft": 15,
     "icl theory/baselines": 6,
     "icl train": 4,
-    "sweep": 4,
+    "sweep": 2,
     "readers": 8,
 }
 SECONDS = {"sweep": 60.0}  # per-example deadline (default 10 s)

@@ -204,13 +204,7 @@ class SimulationConfig(BaseModel):
             raise ValueError(f"dt: dt={self.dt} does not divide {field}={piece}; choose dt = τ/k")
         return self
 
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_booleans(cls, value: Any) -> Any:
-        """No field is a boolean; pydantic would read true/false as 1/0 (`n = true` → N = 1)."""
-        if _has_bool(value):
-            raise ValueError("is a boolean (true/false), not a number or a name")
-        return value
+    _no_booleans = field_validator("*", mode="before")(lambda cls, value: refuse_booleans(value))
 
     @field_validator("stats")
     @classmethod
@@ -385,6 +379,14 @@ def make_config(**fields: Any) -> SimulationConfig:
 def config_error(err: ValidationError) -> ConfigError:
     """pydantic's errors for a SimulationConfig as one ConfigError naming every bad field."""
     return validation_error(err, SimulationConfig.model_fields)
+
+
+def refuse_booleans(value: Any) -> Any:
+    """A field validator: no config field is a boolean, pydantic would read true/false as 1/0
+    (`n = true` → N = 1)."""
+    if _has_bool(value):
+        raise ValueError("is a boolean (true/false), not a number or a name")
+    return value
 
 
 def _has_bool(value: Any) -> bool:

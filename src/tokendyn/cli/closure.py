@@ -11,7 +11,7 @@ import numpy as np
 import typer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from tokendyn.app.config import load_toml
+from tokendyn.app.config import load_toml, refuse_booleans
 from tokendyn.errors import ConfigError, validation_error
 from tokendyn.theory import make_closure, solve_closure
 from tokendyn.theory.gaussian import check_variant
@@ -37,6 +37,8 @@ class ClosureConfig(BaseModel):
     mean: list[float] = Field(description="initial mean α₀ (length d)")
     cov: Matrix = Field(description="initial covariance Σ₀ (d×d, symmetric PSD)")
     t_end: float = Field(gt=0, description="final time > 0")
+
+    _no_booleans = field_validator("*", mode="before")(lambda cls, value: refuse_booleans(value))
 
     @field_validator("beta", "eps", "t_end")
     @classmethod
