@@ -59,9 +59,10 @@ def run_family(name: str, budget: int, seconds: float, store: Path) -> list[tupl
 
 
 def store_rows() -> tuple[int, int, int]:
-    """(tried, refused in one line, other) from a run of the damaged-store tests."""
+    """(tried, refused in one line, other) from a run of the damaged-store tests (every corruption
+    kind × resume/plot/export/animate)."""
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-           "tests/app/test_store_safety.py", "-k", "damaged"]  # fmt: skip
+           "tests/app/test_store_safety.py", "-k", "damaged_store"]  # fmt: skip
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True).stdout
     passed = sum(int(n) for n in re.findall(r"(\d+) passed", out))
     failed = sum(int(n) for n in re.findall(r"(\d+) failed", out))
