@@ -171,6 +171,15 @@ def _random_chunk(out):
     path.write_bytes(np.random.default_rng(0).bytes(path.stat().st_size))
 
 
+def _random_last_x_chunk(out):
+    path = out / "x" / "c" / "10" / "0" / "0"
+    path.write_bytes(np.random.default_rng(1).bytes(path.stat().st_size))
+
+
+def _deleted_step_metadata(out):
+    (out / "step" / "zarr.json").unlink()
+
+
 def _garbage_group_json(out):
     (out / "zarr.json").write_text('{"zarr_format": 3, "node_type": "gro')
 
@@ -207,6 +216,11 @@ DAMAGE = {  # kind: (damage, regex the one-line refusal matches)
     "deleted x chunk": (_delete_x_chunk, "chunk x/c/5/0/0 is missing"),
     "empty chunk": (_empty_chunk, "'x' frames 10… cannot be decoded"),
     "random-byte chunk": (_random_chunk, "'energy' frames 4… cannot be decoded"),
+    "random-byte last x chunk": (_random_last_x_chunk, "'x' frames 10… cannot be decoded"),
+    "deleted step metadata": (
+        _deleted_step_metadata,
+        "no array step along time|files tokendyn did not write: .*run.zarr/step\\)",
+    ),
     "garbage group zarr.json": (
         _garbage_group_json,
         "zarr.json is not a readable zarr group|not a readable tokendyn store",

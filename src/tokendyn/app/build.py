@@ -28,8 +28,10 @@ from tokendyn.engine.blocks import (
 )
 from tokendyn.engine.device import resolve_device, resolve_dtype
 from tokendyn.engine.initial import gaussian_cloud, uniform_sphere, wrapped_normal_mixture
+from tokendyn.engine.kernels import DENSE_MAX_TOKENS
 from tokendyn.engine.space import Space, get_space
 from tokendyn.errors import ConfigError
+from tokendyn.models.open import available_memory
 
 # engine argument → the config field (and CLI flag --field-name) that sets it
 ENGINE_FIELDS = {
@@ -238,3 +240,77 @@ def make_block(cfg: SimulationConfig, gen: torch.Generator) -> Block:
         schedule = LayerSchedule([_drawn_layer(cfg, gen)], cfg.layer_time)
     block = Block(schedule, norm=cfg.resolved_norm, norm_type=cfg.norm_type)  # type: ignore[arg-type]
     return block.to(dtype_of(cfg), device_of(cfg))
+
+
+# Copies of the state (B, N, d) an integration step holds at once: x, the stage slopes, the
+# next x and the saved frame (euler: x, k1, x_new, frame; heun adds one slope, rk4 three more).
+STATE_COPIES = {"euler": 4, "heun": 5, "rk4": 8}
+
+
+def estimate_bytes(cfg: SimulationConfig, *, keep_frames: bool) -> int:
+    """Bytes a run of `cfg` allocates, estimated before anything is allocated (a lower bound of
+    the peak, not counting torch's own overhead), with s = bytes per number, S = B·N·d·s:
+
+    - the state: STATE_COPIES[method] · S, plus every saved frame (n_steps/save_every + 1) · S when
+      the frames are kept in memory (no --out), else the one frame being written;
+    - the weights: per head k×d query and key and a d×d value matrix (3·d²·s per layer; the
+      random ensembles draw them in float64), and an MLP's 3·w·d weights and its B·N·w activations;
+    - the largest kernel buffer: the dense backend's B·H·N² scores and weights (2·B·H·N²·s),
+      which `auto` uses when B·N² ≤ 256²; the tiled/SDPA backends stay in O(B·N·d).
+    """
+    s = 8 if cfg.dtype == "float64" else 4
+    state = cfg.batch * cfg.n * cfg.d * s
+    frames = cfg.n_steps // cfg.save_every + 1 if keep_frames else 1
+    total = (STATE_COPIES[cfg.method] + frames) * state
+    layers = len(cfg.layers) if cfg.layers is not None else 1
+    total += 3 * cfg.d * cfg.d * 8 * layers
+    if cfg.mlp != "none":
+        width = cfg.mlp_width or 4 * cfg.d
+        total += (
+            3 * width * cfg.d * 8 * layers
+            + STATE_COPIES[cfg.method] * cfg.batch * cfg.n * width * s
+        )
+    dense = cfg.backend == "dense" or (
+        cfg.backend == "auto" and cfg.batch * cfg.n * cfg.n <= DENSE_MAX_TOKENS**2
+    )
+    if dense:
+        total += 2 * cfg.batch * cfg.heads * cfg.n * cfg.n * s
+    return total
+
+
+def check_size(
+    cfg: SimulationConfig,
+    *,
+    keep_frames: bool,
+    allow_large: bool = False,
+    fix: str = "lower n, d or batch (or raise save_every, or give --out so frames go to disk), "
+    "or pass --allow-large",
+) -> int:
+    """Refuse a run whose `estimate_bytes` exceeds the memory available on its device (CPU:
+    MemAvailable; GPU: free memory), unless `allow_large`; returns the estimate. `fix` ends the
+    message."""
+    need = estimate_bytes(cfg, keep_frames=keep_frames)
+    if allow_large:
+        return need
+    cuda = cfg.device == "cuda" and torch.cuda.is_available()
+    have = available_memory(torch.device(cfg.device)) if cfg.device == "cpu" or cuda else None
+    if have is not None and need > have:
+        weights = 3 * cfg.d * cfg.d * 8
+        field = "d" if weights > need / 2 else ("batch" if cfg.batch > cfg.n else "n")
+        raise ConfigError(
+            field,
+            f"a run of B·N·d = {cfg.batch}·{cfg.n}·{cfg.d} ({cfg.n_steps} steps, "
+            f"{cfg.backend} backend) needs ≈ {_bytes(need)} "
+            f"(limit {_bytes(have)} available on {cfg.device})",
+            fix,
+        )
+    return need
+
+
+def _bytes(count: float) -> str:
+    """1.5e12 → '1.5 TB' (decimal units)."""
+    units = ("B", "kB", "MB", "GB", "TB", "PB", "EB")
+    k = 0
+    while count >= 1000 and k < len(units) - 1:
+        count, k = count / 1000, k + 1
+    return f"{count:.3g} {units[k]}"

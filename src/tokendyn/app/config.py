@@ -19,6 +19,8 @@ from tokendyn.errors import ConfigError, validation_error
 Matrix = list[list[float]]
 # More steps than this is a typo, not a run (1e8 steps of even 1 µs each take a day).
 MAX_STEPS = 10**8
+# torch.Generator.manual_seed takes a signed 64-bit integer.
+MAX_SEED = 2**63 - 1
 # The statistics a run can save (field `stats`; bound to the run in app/pipeline.py).
 STATISTICS = ("clusters", "effective_dim", "energy")
 
@@ -66,7 +68,12 @@ class SimulationConfig(BaseModel):
     Q: Matrix | None = Field(None, description="explicit query matrix (k×d); overrides qkv")
     K: Matrix | None = Field(None, description="explicit key matrix (k×d); overrides qkv")
     V: Matrix | None = Field(None, description="explicit value matrix (d×d); overrides qkv")
-    seed: int = Field(0, ge=0, description="random seed ≥ 0 (initial cloud and random Q, K, V)")
+    seed: int = Field(
+        0,
+        ge=0,
+        le=MAX_SEED,
+        description="random seed 0 ≤ seed < 2^63 (initial cloud, random Q, K, V)",
+    )
     t_end: float = Field(10.0, gt=0, description="final time (depth) > 0")
     dt: float = Field(0.1, gt=0, description="time step (one residual layer) > 0")
     method: Literal["euler", "heun", "rk4"] = Field("rk4", description="euler, heun or rk4")
@@ -197,13 +204,7 @@ class SimulationConfig(BaseModel):
             raise ValueError(f"dt: dt={self.dt} does not divide {field}={piece}; choose dt = τ/k")
         return self
 
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_booleans(cls, value: Any) -> Any:
-        """No field is a boolean; pydantic would read true/false as 1/0 (`n = true` → N = 1)."""
-        if _has_bool(value):
-            raise ValueError("is a boolean (true/false), not a number or a name")
-        return value
+    _no_booleans = field_validator("*", mode="before")(lambda cls, value: refuse_booleans(value))
 
     @field_validator("stats")
     @classmethod
@@ -285,7 +286,15 @@ class SimulationConfig(BaseModel):
         return self
 
     def _check_matrices(self) -> None:
-        """Q, K: k×d with the same shape (k ≤ d with several heads); V: d×d."""
+        """Q, K: k×d with the same shape (k ≤ d with several heads); V, init_cov: d×d."""
+        if self.init_cov is not None and (
+            len(self.init_cov) != self.d or any(len(row) != self.d for row in self.init_cov)
+        ):
+            shape = [len(row) for row in self.init_cov]
+            raise ValueError(
+                f"init_cov: has {len(self.init_cov)} rows of lengths {shape}, expected "
+                f"{self.d}×{self.d}; give a square d×d covariance"
+            )
         for name in ("Q", "K", "V"):
             value = getattr(self, name)
             if value is not None and (not value or len({len(r) for r in value}) != 1):
@@ -372,6 +381,14 @@ def config_error(err: ValidationError) -> ConfigError:
     return validation_error(err, SimulationConfig.model_fields)
 
 
+def refuse_booleans(value: Any) -> Any:
+    """A field validator: no config field is a boolean, pydantic would read true/false as 1/0
+    (`n = true` → N = 1)."""
+    if _has_bool(value):
+        raise ValueError("is a boolean (true/false), not a number or a name")
+    return value
+
+
 def _has_bool(value: Any) -> bool:
     if isinstance(value, list | tuple):
         return any(_has_bool(v) for v in value)
@@ -393,6 +410,12 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(
             "config", f"cannot read {p} ({err})", "check the file's permissions/encoding"
+        ) from None
+    except RecursionError:
+        raise ConfigError(
+            "config",
+            f"{p} nests arrays or tables too deeply to be read",
+            "write a flat config: numbers, names, lists of numbers and matrices",
         ) from None
 
 

@@ -21,7 +21,12 @@ from tokendyn.app.config import SimulationConfig
 from tokendyn.app.simulate import simulate
 from tokendyn.engine.attention import AttentionField
 from tokendyn.engine.integrate import Statistic, Velocity
-from tokendyn.engine.observables import LogEnergy, cluster_count, effective_dimension
+from tokendyn.engine.observables import (
+    LogEnergy,
+    cluster_count,
+    effective_dimension,
+    log_interaction_energy,
+)
 from tokendyn.engine.space import Space
 
 
@@ -29,12 +34,18 @@ def statistics(cfg: SimulationConfig, field: AttentionField) -> dict[str, Statis
     """The configured statistics, each x (B, N, d) → (B,), bound to the run:
 
     - energy: log E of `field` itself — E = Σ_h (1/(2β_h N²)) Σ_ij exp(β_h⟨Q_h x_i, K_h x_j⟩) with
-      the field's heads, β (one per cloud in a batched sweep) and kernel backend (LogEnergy);
+      the field's heads, β (one per cloud in a batched sweep) and kernel backend (LogEnergy); a
+      whole block (norms, MLP, layer schedules: no single set of heads) stores the interaction
+      energy log E_β with Q = K = I at cfg.beta (log_interaction_energy);
     - clusters: components at distance cfg.cluster_threshold (cluster_count);
     - effective_dim: the participation ratio of the covariance (effective_dimension).
     """
     bound: dict[str, Statistic] = {
-        "energy": LogEnergy(field),
+        "energy": (
+            LogEnergy(field)
+            if isinstance(field, AttentionField)
+            else functools.partial(log_interaction_energy, beta=cfg.beta, backend=cfg.backend)
+        ),
         "clusters": functools.partial(cluster_count, threshold=cfg.cluster_threshold),
         "effective_dim": effective_dimension,
     }

@@ -10,11 +10,12 @@ import torch.distributed as dist
 import xarray as xr
 
 from tokendyn._version import __version__
-from tokendyn.app.build import device_of, dtype_of
+from tokendyn.app.build import check_size, device_of, dtype_of
 from tokendyn.app.config import SimulationConfig
 from tokendyn.app.pipeline import build_run, simulate_run
 from tokendyn.app.store import (
     ZarrSink,
+    check_writable,
     open_run,
     prepare_new_store,
     repair_store,
@@ -35,12 +36,15 @@ def run_simulation(
     overwrite: bool = False,
     progress: bool = False,
     distributed: bool = False,
+    allow_large: bool = False,
 ) -> xr.Dataset:
     """Simulate `cfg`; with `out`, every saved frame is appended to a zarr store as it is made.
 
     resume=True continues an interrupted store from its last saved step (its config must match,
     t_end may grow). distributed=True (under torchrun) shards the query tokens over the process
-    group (see distributed.py). Returns the Dataset (lazy, from the store, when out is given)."""
+    group (see distributed.py). Before anything is allocated or written, the output path must be
+    writable and the run's memory estimate (`check_size`) must fit the device unless
+    allow_large. Returns the Dataset (lazy, from the store, when out is given)."""
     if resume and out is None:
         raise StoreError(
             "resume: there is nothing to resume without --out. Fix: give --out PATH.zarr"
@@ -51,6 +55,9 @@ def run_simulation(
             "causal attention is not sharded over processes",
             "run causal attention without --distributed, or use mask = 'none'",
         )
+    if out is not None and not resume:
+        check_writable(out)
+    check_size(cfg, keep_frames=out is None, allow_large=allow_large)
     if not distributed:
         return _run(cfg, out, resume, overwrite, progress, sharded=False)
     with process_group(cfg.device):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -211,7 +212,7 @@ def check_own_store(p: Path) -> None:
 
 def prepare_new_store(path: str | Path, overwrite: bool) -> Path:
     """Refuse to clobber an existing path unless asked to, and then only a tokendyn store."""
-    p = Path(path)
+    p = check_writable(path)
     if p.exists() or p.is_symlink():
         if not overwrite:
             raise StoreError(
@@ -223,12 +224,37 @@ def prepare_new_store(path: str | Path, overwrite: bool) -> Path:
     return p
 
 
+def check_writable(path: str | Path, flag: str = "out") -> Path:
+    """Refuse, before any work, an output path that cannot be made: one under a regular file, or
+    whose nearest existing folder cannot be written (a test file is created and removed there, so
+    read-only file systems and permissions count as they will for the real write)."""
+    p = Path(path)
+    base = p if p.is_dir() and not p.is_symlink() else p.parent
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    if not base.is_dir():
+        raise StoreError(
+            f"{flag}: {p} lies under {base}, which is a file, not a folder. "
+            f"Fix: choose a path for --{flag} whose parent folders are folders"
+        )
+    try:
+        with tempfile.TemporaryFile(dir=base):
+            pass
+    except OSError as err:
+        raise StoreError(
+            f"{flag}: cannot write in {base} ({err.strerror}). "
+            f"Fix: choose a writable place for --{flag}, or change the folder's permissions"
+        ) from None
+    return p
+
+
 def claim_folder(path: str | Path) -> Path:
     """Make `path` a folder tokendyn may write its files into: a new or empty folder (then marked
     with a `.tokendyn` file) or one it marked before. Anything else is refused."""
     p = Path(path)
     if p.exists() and (p.is_symlink() or not p.is_dir()):
         raise StoreError(f"out: {p} is a file, not a folder. Fix: give a new folder path for --out")
+    check_writable(p)
     if p.is_dir() and any(p.iterdir()) and not (p / MARKER).is_file():
         raise StoreError(
             f"out: {p} is not a tokendyn output folder (it holds other files and no {MARKER} "
@@ -279,7 +305,7 @@ def claim_file(path: str | Path) -> Path:
             f"out: {p} already exists and is not a file tokendyn wrote. "
             "Fix: choose another path, or remove it yourself"
         )
-    return p
+    return check_writable(p)
 
 
 # ------------------------------------------------------------------------------------------------

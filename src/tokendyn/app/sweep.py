@@ -42,9 +42,11 @@ from distributed import (
     as_completed,
 )
 
+from tokendyn.app.build import check_size
 from tokendyn.app.config import SimulationConfig, load_toml, make_config
 from tokendyn.app.pipeline import build_run, simulate_run
 from tokendyn.app.progress import progress_bar
+from tokendyn.app.store import check_writable
 from tokendyn.errors import ConfigError, StoreError, TokendynError
 
 PENDING, DONE, FAILED = 0, 1, 2
@@ -467,16 +469,22 @@ def run_sweep(
     max_batch: int = 256,
     progress: bool = False,
     stall_timeout: float = STALL_TIMEOUT,
+    allow_large: bool = False,
 ) -> xr.Dataset:
     """Run every unfinished point of `sweep` into the store at `out`; returns its Dataset.
 
     Gives up, with one ConfigError naming the unfinished points (they stay pending, so a rerun
     resumes them), when tasks lose their worker more often than the scheduler allows, or when no
-    task has run for `stall_timeout` seconds (no worker alive, or none running our tasks)."""
+    task has run for `stall_timeout` seconds (no worker alive, or none running our tasks).
+    Before any work, `out` must be writable and every batched task's memory estimate (its points
+    as one batch, frames kept in memory) must fit, unless allow_large."""
+    check_writable(out)
     _check_positive("max_batch", max_batch)
     _check_positive("stall_timeout", stall_timeout)
     if scheduler is None:
         _check_positive("workers", workers)
+    if not allow_large:
+        _check_memory(sweep, batch, max_batch)
     unfinished: dict[int, str] = {}
     with contextlib.ExitStack() as stack:
         # An explicit scheduler is checked (address, reachable) before anything is written.
@@ -508,6 +516,23 @@ def run_sweep(
             "memory (fewer --workers, a smaller --max-batch)",
         )
     return open_sweep(store.path)
+
+
+def _check_memory(sweep: Sweep, batch: bool, max_batch: int) -> None:
+    """Refuse a sweep one of whose tasks (its points as one batch, every frame kept in memory)
+    would need more memory than is available (`check_size`); invalid points are left to be
+    recorded as failed."""
+    for group in sweep.groups(list(range(sweep.size)), batch, max_batch):
+        try:
+            cfg = make_config(**{**sweep.base, **sweep.point(group[0])})
+        except ConfigError:
+            continue
+        check_size(
+            cfg.model_copy(update={"batch": cfg.batch * len(group)}),
+            keep_frames=True,
+            fix="lower n, d or the grid's batched values per task (--max-batch), raise "
+            "save_every, or pass --allow-large",
+        )
 
 
 def _run_groups(

@@ -20,8 +20,10 @@ from tokendyn.cli import (
     sweep,
     view,
 )
+from tokendyn.cli._common import GuardedGroup
 
 app = typer.Typer(
+    cls=GuardedGroup,
     add_completion=False,
     no_args_is_help=True,
     help="tokendyn: transformers as interacting particle systems (tokens = particles).",
@@ -40,9 +42,15 @@ def _root(
             "icl train)",
         ),
     ] = None,
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug", help="show the full traceback of an unexpected error (a bug in tokendyn)"
+        ),
+    ] = False,
 ) -> None:
     """The one place the command line sets torch's thread count (the library never does)."""
-    ctx.obj = {"threads": threads}
+    ctx.obj = {"threads": threads, "debug": debug}
     if threads is not None:
         import torch
 

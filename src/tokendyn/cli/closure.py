@@ -7,11 +7,12 @@ import math
 from pathlib import Path
 from typing import Annotated, Literal
 
+import numpy as np
 import typer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from tokendyn.app.config import load_toml
-from tokendyn.errors import validation_error
+from tokendyn.app.config import load_toml, refuse_booleans
+from tokendyn.errors import ConfigError, validation_error
 from tokendyn.theory import make_closure, solve_closure
 from tokendyn.theory.gaussian import check_variant
 
@@ -37,11 +38,20 @@ class ClosureConfig(BaseModel):
     cov: Matrix = Field(description="initial covariance Σ₀ (d×d, symmetric PSD)")
     t_end: float = Field(gt=0, description="final time > 0")
 
+    _no_booleans = field_validator("*", mode="before")(lambda cls, value: refuse_booleans(value))
+
     @field_validator("beta", "eps", "t_end")
     @classmethod
     def _finite(cls, value: float) -> float:
         if not math.isfinite(value):
             raise ValueError("must be finite")
+        return value
+
+    @field_validator("Q", "K", "V", "cov")
+    @classmethod
+    def _rectangular(cls, value: Matrix) -> Matrix:
+        if not value or len({len(row) for row in value}) != 1:
+            raise ValueError("rows have different lengths (give a rectangular matrix)")
         return value
 
 
@@ -60,7 +70,20 @@ def run_closure(cfg: ClosureConfig) -> dict:
     closure = make_closure(
         cfg.attention, cfg.Q, cfg.K, cfg.V, cfg.beta, cfg.heads, cfg.eps, cfg.scaling
     )
-    return solve_closure(closure, cfg.mean, cfg.cov, cfg.t_end).summary()
+    mean, cov = np.asarray(cfg.mean, dtype=float), np.asarray(cfg.cov, dtype=float)
+    if mean.shape == (len(cfg.V),) and cov.shape == (len(cfg.V),) * 2:
+        with np.errstate(all="ignore"):  # overflow is the finding here, not a warning
+            velocity = closure.rhs(mean, cov)
+            finite = np.isfinite(np.trace(cov)) and all(np.isfinite(v).all() for v in velocity)
+        if not finite:
+            raise ConfigError(
+                "cov",
+                "the closure's initial velocity (dα/dt, dΣ/dt at t = 0) overflows double "
+                f"precision (largest |entry| of mean, cov, V: "
+                f"{max(np.abs(mean).max(), np.abs(cov).max(), np.abs(cfg.V).max()):.3g})",
+                "rescale mean, cov and V to moderate magnitudes",
+            )
+    return solve_closure(closure, mean, cov, cfg.t_end).summary()
 
 
 def register(app: typer.Typer) -> None:

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from tokendyn.cli._common import choices, require
+from tokendyn.cli._common import choices, require, require_count
 
 Start = choices("zoom", "full", "x0")
 Protocol = choices("v1", "continuation")
@@ -33,10 +33,9 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON object")]
 
 def _check_steps(n_record: int, n_transient: int | None) -> None:
     """The recorded and transient step counts every command takes."""
-    require("n_record", n_record >= 1, n_record, "use --n-record ≥ 1")
-    require(
-        "n_transient", n_transient is None or n_transient >= 0, n_transient, "use --n-transient ≥ 0"
-    )
+    require_count("n_record", n_record)
+    if n_transient is not None:
+        require_count("n_transient", n_transient, low=0)
 
 
 def _model(gamma: float, epsilon: float):
@@ -70,6 +69,9 @@ def register(app: typer.Typer) -> None:
         from tokendyn.theory.dmft.runs import lyapunov_summary
 
         _check_steps(n_record, n_transient)
+        require(
+            "n_record", n_record >= 2, n_record, "use --n-record ≥ 2 (the period compares steps)"
+        )
         out = lyapunov_summary(beta, start.value, n_record, n_transient, _model(gamma, epsilon))
         if as_json:
             print(json.dumps(out))
@@ -148,7 +150,7 @@ def register(app: typer.Typer) -> None:
             beta_max,
             f"use a finite --beta-max ≥ --beta-min = {beta_min}",
         )
-        require("num", num >= 1, num, "use --num ≥ 1")
+        require_count("num", num)
         require(
             "colour_max_y",
             colour_max_y is None or (math.isfinite(colour_max_y) and colour_max_y > 0),
@@ -210,6 +212,8 @@ def register(app: typer.Typer) -> None:
 
         _check_steps(n_record, n_transient)
         require("seed", seed >= 0, seed, "use --seed ≥ 0")
+        require_count("n_se", n_se)
+        require_count("trials", trials)
         require("tol", math.isfinite(tol) and tol > 0, tol, "use a finite --tol > 0")
         res = finite_stats(
             beta,

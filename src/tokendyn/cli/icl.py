@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from tokendyn.cli._common import choices, default_threads, require
+from tokendyn.cli._common import choices, default_threads, require, require_count
 from tokendyn.errors import ConfigError
 
 SettingChoice = choices("cpu", "paper", "bushy")
@@ -71,8 +71,9 @@ def register(app: typer.Typer) -> None:
         from tokendyn.theory.icl.theory import run_policy
 
         Ls = _int_list(depths, "depths")
-        require("heads", heads >= 1, heads, "use --heads ≥ 1")
-        require("n_seq", n_seq >= 2, n_seq, "use --n-seq ≥ 2")
+        require_count("heads", heads)
+        require_count("n_seq", n_seq, low=2)
+        require_count("depths", max(Ls))
         require("seed", seed >= 0, seed, "use --seed ≥ 0")
         s = get_setting(setting.value)
         res = run_policy(
@@ -106,7 +107,7 @@ def register(app: typer.Typer) -> None:
         from tokendyn.theory.icl.baselines import all_baselines
         from tokendyn.theory.icl.tasks import sample_tasks
 
-        require("n_seq", n_seq >= 2, n_seq, "use --n-seq ≥ 2")
+        require_count("n_seq", n_seq, low=2)
         require("seed", seed >= 0, seed, "use --seed ≥ 0")
         s = get_setting(setting.value)
         p = make_prior(s, prior.value)
@@ -160,10 +161,12 @@ def register(app: typer.Typer) -> None:
         seed_list = [int(v) for v in seeds.split(",") if v.strip().isdigit()]
         if not seed_list or len(seed_list) != len([v for v in seeds.split(",") if v.strip()]):
             raise ConfigError("seeds", f"{seeds!r} is not a list of integers ≥ 0", "write e.g. 0,1")
-        require("depth", depth >= 1, depth, "use --depth ≥ 1")
-        require("heads", heads >= 1, heads, "use --heads ≥ 1")
-        require("n_probe", n_probe >= 100, n_probe, "use --n-probe ≥ 100")
-        require("n_test", n_test >= 10, n_test, "use --n-test ≥ 10")
+        require_count("depth", depth)
+        require_count("heads", heads)
+        require_count("steps", steps)
+        require_count("batch", batch)
+        require_count("n_probe", n_probe, low=100)
+        require_count("n_test", n_test, low=10)
         if out is not None:
             claim_folder(out)
         s = get_setting(setting.value)

@@ -58,11 +58,13 @@ def trace(
 ) -> None:
     """Hidden states of every layer as a run store (time = layer), readable by `tokendyn plot`,
     `multiscale phases` and `model metrics`."""
+    from tokendyn.app.store import check_writable
     from tokendyn.app.traces import trace_summary, write_trace
     from tokendyn.errors import ConfigError
     from tokendyn.models.open import open_model, require_transformers
     from tokendyn.models.trace import inputs_from_ids, inputs_from_texts, parse_ids
 
+    check_writable(out)  # before the model is loaded
     hf_logging = require_transformers().logging
     hf_logging.set_verbosity_error()  # the CLI's choice: no load reports, hints or bars
     hf_logging.disable_progress_bar()
@@ -117,9 +119,11 @@ def metrics(
     """Per-layer anisotropy, stable rank, rank-collapse residual, participation ratio, TwoNN
     intrinsic dimension, clusters, Gram histograms, k-NN overlap, attention rank and leaders,
     each beside a shuffled-token null."""
-    from tokendyn.app.store import open_run
+    from tokendyn.app.store import check_writable, open_run
     from tokendyn.models.metrics import MetricOptions, layer_metrics, metrics_json
 
+    if figures is not None:
+        check_writable(figures, "figures")
     opts = MetricOptions(threshold=threshold, k=k, max_tokens=max_tokens, seed=seed)
     result = layer_metrics(open_run(run), opts)
     data = metrics_json(result)
@@ -187,8 +191,11 @@ def weights(
 ) -> None:
     """Per layer and head: spectra of B = sym(W_Q W_Kᵀ)/√d_k and of W_O W_V, and the effective
     β = λ_max(B)·mean|y|² (y the layer's attention input, on --text or a seeded probe)."""
+    from tokendyn.app.store import check_writable
     from tokendyn.models.weights import weight_report
 
+    if figure is not None:
+        check_writable(figure, "figure")
     opened = _open(model, dtype.value, device, revision)
     report = weight_report(opened, _text_ids(opened, text))
     if figure is not None:
@@ -236,9 +243,11 @@ def compare(
     """Integrate the particle system with the model's own weights from the layer-0 embeddings
     (attention only; attention + MLP; several dt) and compare with the real hidden states per
     layer, beside the identity and random-weights nulls."""
+    from tokendyn.app.store import check_writable
     from tokendyn.models.compare import compare as run_compare
     from tokendyn.viz.models import plot_compare
 
+    check_writable(out)
     opened = _open(model, dtype.value, device, revision)
     result = run_compare(
         opened, _ids_or_probe(opened, text), dts=tuple(dt or (1.0, 0.5, 0.25)), seed=seed, far=far

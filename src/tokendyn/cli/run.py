@@ -108,6 +108,10 @@ def simulate(
         bool, typer.Option("--distributed", help="shard the tokens over torchrun processes")
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="no progress bar or summary")] = False,
+    allow_large: Annotated[
+        bool,
+        typer.Option("--allow-large", help="run even if the memory estimate exceeds free memory"),
+    ] = False,
 ) -> None:
     """Simulate N tokens under self-attention; flags override the --config file."""
     from tokendyn.app.config import load_config, make_config
@@ -152,7 +156,13 @@ def simulate(
     }
     cfg = load_config(config, **given) if config is not None else make_config(**given)
     ds = run_simulation(
-        cfg, out, resume=resume, overwrite=overwrite, progress=not quiet, distributed=distributed
+        cfg,
+        out,
+        resume=resume,
+        overwrite=overwrite,
+        progress=not quiet,
+        distributed=distributed,
+        allow_large=allow_large,
     )
     if quiet or (distributed and int(os.environ.get("RANK", "0")) != 0):
         return

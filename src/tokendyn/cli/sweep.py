@@ -32,6 +32,12 @@ def sweep(
         ),
     ] = 60.0,
     quiet: Annotated[bool, typer.Option("--quiet", help="no progress bar or summary")] = False,
+    allow_large: Annotated[
+        bool,
+        typer.Option(
+            "--allow-large", help="run even if a task's memory estimate exceeds free memory"
+        ),
+    ] = False,
 ) -> None:
     """Run a parameter grid on Dask; every finished point is stored at once, reruns resume.
 
@@ -49,6 +55,7 @@ def sweep(
         max_batch=max_batch,
         progress=not quiet,
         stall_timeout=stall_timeout,
+        allow_large=allow_large,
     )
     if not quiet:
         status = ds["status"].values

@@ -29,8 +29,10 @@ def view(
     """Interactive view (plotly, scripts inlined: no server, no network). A run: the cloud in 3-D
     coloured by cluster, with a time slider, a play button and its statistics over time. A sweep
     store: its phase diagram with hover values."""
+    from tokendyn.app.store import check_writable
     from tokendyn.viz.view import view_store
 
+    check_writable(out or store.with_suffix(".html"))
     print(view_store(store, out, batch=batch, x=x, y=y, stats=stat or None))
 
 
