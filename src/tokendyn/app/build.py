@@ -28,7 +28,7 @@ from tokendyn.engine.blocks import (
 )
 from tokendyn.engine.device import resolve_device, resolve_dtype
 from tokendyn.engine.initial import gaussian_cloud, uniform_sphere, wrapped_normal_mixture
-from tokendyn.engine.kernels import DENSE_MAX_TOKENS
+from tokendyn.engine.kernels.calibration import DENSE_MAX_N
 from tokendyn.engine.space import Space, get_space
 from tokendyn.errors import ConfigError
 from tokendyn.models.open import available_memory
@@ -256,7 +256,8 @@ def estimate_bytes(cfg: SimulationConfig, *, keep_frames: bool) -> int:
     - the weights: per head k×d query and key and a d×d value matrix (3·d²·s per layer; the
       random ensembles draw them in float64), and an MLP's 3·w·d weights and its B·N·w activations;
     - the largest kernel buffer: the dense backend's B·H·N² scores and weights (2·B·H·N²·s),
-      which `auto` uses when B·N² ≤ 256²; the tiled/SDPA backends stay in O(B·N·d).
+      which `auto` may use up to B·N² = 512² (its calibration's largest dense cell); the
+      tiled/SDPA backends stay in O(B·N·d).
     """
     s = 8 if cfg.dtype == "float64" else 4
     state = cfg.batch * cfg.n * cfg.d * s
@@ -271,7 +272,7 @@ def estimate_bytes(cfg: SimulationConfig, *, keep_frames: bool) -> int:
             + STATE_COPIES[cfg.method] * cfg.batch * cfg.n * width * s
         )
     dense = cfg.backend == "dense" or (
-        cfg.backend == "auto" and cfg.batch * cfg.n * cfg.n <= DENSE_MAX_TOKENS**2
+        cfg.backend == "auto" and cfg.batch * cfg.n * cfg.n <= DENSE_MAX_N**2
     )
     if dense:
         total += 2 * cfg.batch * cfg.heads * cfg.n * cfg.n * s
