@@ -414,8 +414,9 @@ void tokendyn_exp_##SUF(const T *x, T *y, int64_t n) {                          
  * no memory beyond L1, so no call of tokendyn_attend_* can do its pairs faster on one core. The
  * dot product and the accumulators are reductions over the block, vectorised with the same
  * instruction set and the same EXPF as the kernel; successive sweeps are independent chains
- * (q moves by a tiny step, so nothing can be hoisted). Returns the sum of all accumulators (the
- * caller times the call; the value only keeps the work alive). */
+ * (q moves by a tiny step, so nothing can be hoisted). Returns the number of pairs evaluated
+ * (reps * TK; 0 if out of memory) and stores the sum of all accumulators in *sink (the caller
+ * times the call; the value only keeps the work alive). */
 #define DEFINE_CEILING(T, SUF, EXPF)                                                             \
 static inline __attribute__((always_inline)) T ceiling_##SUF(int64_t reps, const int64_t DK,      \
                                                              T *kv) {                            \
@@ -443,9 +444,9 @@ static inline __attribute__((always_inline)) T ceiling_##SUF(int64_t reps, const
     return total;                                                                                \
 }                                                                                                \
                                                                                                  \
-T tokendyn_ceiling_##SUF(int64_t reps, int64_t dk) {                                             \
+int64_t tokendyn_ceiling_##SUF(int64_t reps, int64_t dk, T *sink) {                              \
     T *kv = aligned_alloc(64, sizeof(T) * 2 * TK * (dk > 0 ? dk : 1));                           \
-    if (!kv) return (T)-1;                                                                       \
+    if (!kv) return 0;                                                                           \
     T total;                                                                                     \
     switch (dk) {                                                                                \
     case 1: total = ceiling_##SUF(reps, 1, kv); break;                                           \
@@ -457,7 +458,8 @@ T tokendyn_ceiling_##SUF(int64_t reps, int64_t dk) {                            
     default: total = ceiling_##SUF(reps, dk, kv); break;                                         \
     }                                                                                            \
     free(kv);                                                                                    \
-    return total;                                                                                \
+    *sink = total;                                                                               \
+    return reps * TK;                                                                            \
 }
 
 DEFINE_EXP(float, f32, exp_f32)

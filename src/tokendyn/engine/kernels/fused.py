@@ -263,7 +263,7 @@ def load() -> ctypes.CDLL | None:
         exp_fn = getattr(lib, f"tokendyn_exp_{suffix}")
         exp_fn.restype, exp_fn.argtypes = None, [pointer, pointer, i64]
         ceiling_fn = getattr(lib, f"tokendyn_ceiling_{suffix}")
-        ceiling_fn.restype, ceiling_fn.argtypes = scalar, [i64, i64]
+        ceiling_fn.restype, ceiling_fn.argtypes = i64, [i64, i64, pointer]
     return lib
 
 
