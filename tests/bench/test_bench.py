@@ -92,7 +92,6 @@ def test_pair_ceiling_positive(dtype: str) -> None:
     assert peaks["pair_rate"] >= rate  # times the threads a backend may use (≥ 1)
 
 
-@pytest.mark.slow
 @needs_fused
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_fused_kernel_stays_under_its_ceiling(dtype: str) -> None:
