@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 import torch
@@ -12,9 +13,11 @@ from tokendyn.bench.throughput import (
     bench_large,
     format_table,
     measure_peaks,
+    pair_ceiling,
     run_bench,
 )
-from tokendyn.engine.kernels import get_backend
+from tokendyn.engine.kernels import fused, get_backend
+from tokendyn.engine.kernels.threads import workers_for
 from tokendyn.errors import ConfigError
 
 ALL_BACKENDS = ("dense", "tiled", "sdpa", "naive")
@@ -35,7 +38,7 @@ def test_rows_follow_the_contract() -> None:
     assert [(r["backend"], r["n"]) for r in rows] == expected
     for row in rows:
         check_row(row, row["backend"], row["n"], 3, "float32")
-        assert row["kind"] == "eval" and row["bound"] in ("flops", "exp")
+        assert row["kind"] == "eval" and row["bound"] in ("flops", "exp", "pairs")
         assert isinstance(row["backward_pairs_per_s"], float) and row["backward_pairs_per_s"] > 0
 
 
@@ -75,6 +78,44 @@ def test_measure_peaks_positive() -> None:
     peaks = measure_peaks("cpu", "float32")
     assert set(peaks) == {"sgemm_flops", "exp_rate"}
     assert all(value > 0 and math.isfinite(value) for value in peaks.values())
+
+
+needs_fused = pytest.mark.skipif(not fused.available(), reason="needs the compiled fused kernel")
+
+
+@needs_fused
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_pair_ceiling_positive(dtype: str) -> None:
+    rate = pair_ceiling(dtype, 3)
+    assert rate is not None and rate > 0 and math.isfinite(rate)
+    peaks = measure_peaks("cpu", dtype, d=3)
+    assert peaks["pair_rate"] >= rate  # times the threads a backend may use (≥ 1)
+
+
+@needs_fused
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_fused_kernel_stays_under_its_ceiling(dtype: str) -> None:
+    """The fused kernel's best rate per thread it uses never beats the per-core ceiling.
+
+    Both are best-of timings (the noise of a best-of is one-sided: a busy core only slows a
+    trial), so the ceiling is the best of three measurements and the margin is the spread seen
+    between them (how low a ceiling measurement may read).
+    """
+    n, d = 4096, 3
+    ceilings = [pair_ceiling(dtype, d) or 0.0 for _ in range(3)]
+    spread = max(ceilings) / min(ceilings)
+    x = torch.randn(
+        1, n, d, dtype=getattr(torch, dtype), generator=torch.Generator().manual_seed(0)
+    )
+    tiled = get_backend("tiled")
+    tiled.attend(x, x, x)  # warm-up
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        tiled.attend(x, x, x)
+        best = min(best, time.perf_counter() - start)
+    per_thread = n * n / best / workers_for(n * n)
+    assert per_thread <= max(ceilings) * spread, (per_thread, ceilings)
 
 
 @pytest.mark.parametrize(

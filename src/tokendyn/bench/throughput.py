@@ -9,10 +9,15 @@ Every row carries, in this order, the contract keys ``backend, n, d, dtype, seco
 peak_fraction, peak_mem_bytes`` (then extras). ``peak_fraction`` is a roofline fraction
 t_min / seconds with
 
-    t_min = max(flops / sgemm_flops, n² / exp_rate),   flops = n²·(2d + 2(d+1)),
+    t_min = max(flops / sgemm_flops, n² / max(exp_rate, pair_rate)),   flops = n²·(2d + 2(d+1)),
 
 i.e. the score dot products (2d per pair) plus the weighted accumulation of [v_j, 1] (2(d+1) per
 pair, the 1 being the normaliser), against the peaks `measure_peaks` finds in the same run.
+pair_rate (CPU, when the fused kernel is built) is the fused kernel's arithmetic ceiling: its
+own vector exp and the 2d + 2 flops of one pair, fused in registers over an L1 key block
+(tokendyn_ceiling_* in _fused.c), on one core, times the threads any backend may use. No kernel
+can beat the faster of the two exponentials, so no backend exceeds peak_fraction 1 (up to the
+timing noise); torch.exp alone was no ceiling for the fused kernel, whose exp is cheaper.
 
 Rows of kind "eval" also carry ``backward_pairs_per_s`` = n² / (best time of the backward pass
 alone): with q = β·x, k, v = x as three leaves requiring grad, the forward is recorded once and
@@ -36,7 +41,8 @@ from typing import Any
 import torch
 
 from tokendyn.engine.device import resolve_device, resolve_dtype
-from tokendyn.engine.kernels import BACKENDS, get_backend
+from tokendyn.engine.kernels import BACKENDS, fused, get_backend
+from tokendyn.engine.kernels.threads import available_cpus
 from tokendyn.errors import ConfigError
 
 CONTRACT_KEYS = (
@@ -58,6 +64,7 @@ EXP_ELEMENTS = 2**18
 EXP_REPEATS = 64
 EXP_ELEMENTS_GPU = 2**26
 PEAK_TRIALS = 10
+CEILING_TRIAL_SECONDS = 0.01
 LARGE_WARMUP_N = 256
 DENSE_MAX_N = 4096
 NAIVE_MAX_N = 8192
@@ -97,13 +104,43 @@ def _check_positive(field: str, value: int) -> int:
     return value
 
 
-def measure_peaks(device: str | torch.device, dtype: str) -> dict[str, float]:
-    """This machine's peaks in `dtype`: {sgemm_flops, exp_rate}.
+def pair_ceiling(dtype: str, d: int) -> float | None:
+    """Score pairs/s that one core cannot exceed in the fused kernel (None: kernel not built).
+
+    Best rate of PEAK_TRIALS calls of tokendyn_ceiling_<dtype>(reps, d), reps doubled until one
+    call takes CEILING_TRIAL_SECONDS (the best of short trials is the idle-core rate even on a
+    busy machine).
+    """
+    lib = fused.load()
+    if lib is None:
+        return None
+    fn = getattr(
+        lib, "tokendyn_ceiling_" + ("f32" if resolve_dtype(dtype) == torch.float32 else "f64")
+    )
+    sink = torch.zeros(1, dtype=torch.float64)
+    reps = 1
+    while True:
+        start = time.perf_counter()
+        fn(reps, d, sink.data_ptr())
+        if time.perf_counter() - start >= CEILING_TRIAL_SECONDS:
+            break
+        reps *= 2
+    pairs = fn(reps, d, sink.data_ptr())
+    return pairs / _best_seconds(
+        lambda: fn(reps, d, sink.data_ptr()), torch.device("cpu"), PEAK_TRIALS
+    )
+
+
+def measure_peaks(device: str | torch.device, dtype: str, d: int | None = None) -> dict[str, float]:
+    """This machine's peaks in `dtype`: {sgemm_flops, exp_rate} and, given d on CPU with the
+    fused kernel built, pair_rate.
 
     sgemm_flops = 2·2048³ / best time of a 2048×2048 matmul (FLOP/s);
     exp_rate = elements/s of torch.exp(src, out=buf) on an L2-resident buffer of 2^18 elements,
     repeated EXP_REPEATS times per trial (a 2^24-element tensor would measure memory bandwidth,
-    not the exponential).
+    not the exponential);
+    pair_rate = pair_ceiling(dtype, d) · min(torch.get_num_threads(), available_cpus()): pairs/s
+    with every core any backend may use running the fused kernel's arithmetic ceiling.
     """
     dev = resolve_device(str(device))
     tdtype = resolve_dtype(dtype)
@@ -123,15 +160,22 @@ def measure_peaks(device: str | torch.device, dtype: str) -> dict[str, float]:
             torch.exp(src, out=buf)
 
     exp_s = _best_seconds(exps, dev, PEAK_TRIALS) / EXP_REPEATS
-    return {"sgemm_flops": 2 * GEMM_SIZE**3 / gemm_s, "exp_rate": n_exp / exp_s}
+    peaks = {"sgemm_flops": 2 * GEMM_SIZE**3 / gemm_s, "exp_rate": n_exp / exp_s}
+    ceiling = None if d is None or dev.type != "cpu" else pair_ceiling(dtype, d)
+    if ceiling is not None:
+        peaks["pair_rate"] = ceiling * max(1, min(torch.get_num_threads(), available_cpus()))
+    return peaks
 
 
 def _roofline(n: int, d: int, seconds: float, peaks: dict[str, float]) -> tuple[float, str]:
-    """(t_min / seconds, name of the bound that sets t_min)."""
+    """(t_min / seconds, name of the bound that sets t_min: "flops", "exp" or "pairs")."""
     pairs = n * n
     t_flops = pairs * (2 * d + 2 * (d + 1)) / peaks["sgemm_flops"]
-    t_exp = pairs / peaks["exp_rate"]
-    return max(t_flops, t_exp) / seconds, "flops" if t_flops >= t_exp else "exp"
+    pair_rate = peaks.get("pair_rate", 0.0)
+    t_exp = pairs / max(peaks["exp_rate"], pair_rate)
+    if t_flops >= t_exp:
+        return t_flops / seconds, "flops"
+    return t_exp / seconds, "pairs" if pair_rate > peaks["exp_rate"] else "exp"
 
 
 def _proc_kib(field: str) -> int:
@@ -262,6 +306,7 @@ def _row(
         "mem_method": method,
         "peak_sgemm_flops": peaks["sgemm_flops"],
         "peak_exp_rate": peaks["exp_rate"],
+        "peak_pair_rate": peaks.get("pair_rate"),
         "backward_pairs_per_s": None if backward_seconds is None else n * n / backward_seconds,
     }
     if device.type == "cpu":
@@ -320,8 +365,8 @@ def _rows(
     backward: bool,
 ) -> Iterator[dict[str, Any]]:
     for dtype in dtypes:
-        peaks = measure_peaks(device, dtype)
         for d in ds:
+            peaks = measure_peaks(device, dtype, d)
             for n in ns:
                 for backend in backends:
                     if n > limits.get(backend, n):
@@ -370,7 +415,7 @@ def bench_large(
         )
     attend = _attention(backend)
     _workload(attend, _cloud(LARGE_WARMUP_N, d, tdtype, dev), 1)()  # compiles the fused kernel
-    peaks = measure_peaks(dev, dtype)
+    peaks = measure_peaks(dev, dtype, d)
     step = _workload(attend, _cloud(n, d, tdtype, dev), 1)
     seconds = 0.0
 

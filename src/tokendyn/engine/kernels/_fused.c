@@ -31,11 +31,21 @@
 #define R 4
 #define MAXD 512
 
+/* exp(x) for x <= 0 (clamped below at -87 / -708, where exp is subnormal or about to be):
+ * x = n ln2 + r with n = rint(x log2e), |r| <= ln2/2 (ln2 split in two parts, so n ln2 is exact;
+ * explicit fma, because -fassociative-math would merge x - n*hi - n*lo into x - n*(hi + lo) and
+ * lose 1e-13 of r at n = -1000),
+ * exp(r) by its Taylor polynomial (degree 7 / 13, truncation below one ulp), times 2^n built in
+ * the exponent bits. rint is one vector round instruction (SSE4.1/AVX); 2^n comes from the bits
+ * of n + 1.5*2^23 (2^52), whose low mantissa bits hold n in two's complement, shifted into the
+ * exponent field with integer adds and shifts (AVX2 has them for 32 and 64 bits) - no
+ * float->int conversion, since the double->int64 one (vcvtpd2qq) exists only with AVX-512DQ and
+ * gcc scalarises a whole loop that contains it. Max relative error against libm's exp over
+ * [-708, 0] (tests/engine/test_fused_exp.py): 7.7e-8 (float), 2.2e-16 (double). */
 static inline float exp_f32(float x) {
     x = x < -87.0f ? -87.0f : x;
-    float n = __builtin_roundf(x * 1.44269504088896341f);
-    float r = x - n * 0.693359375f;
-    r = r + n * 2.12194440e-4f;
+    const float n = __builtin_rintf(x * 1.44269504088896341f);
+    const float r = __builtin_fmaf(n, 2.12194440e-4f, __builtin_fmaf(-n, 0.693359375f, x));
     float p = 1.98412698e-4f;
     p = p * r + 1.38888889e-3f;
     p = p * r + 8.33333333e-3f;
@@ -44,16 +54,16 @@ static inline float exp_f32(float x) {
     p = p * r + 0.5f;
     p = p * r + 1.0f;
     p = p * r + 1.0f;
-    union { float f; int32_t i; } u;
-    u.i = ((int32_t)n + 127) << 23;
+    union { float f; int32_t i; } u = { n + 0x1.8p23f };
+    u.i = (u.i + 127) << 23; /* bits(n + 1.5*2^23) = 0x4B400000 + n; the shift drops 0x4B4 */
     return p * u.f;
 }
 
 static inline double exp_f64(double x) {
     x = x < -708.0 ? -708.0 : x;
-    double n = __builtin_round(x * 1.4426950408889634074);
-    double r = x - n * 6.93147180369123816490e-01;
-    r = r - n * 1.90821492927058770002e-10;
+    const double n = __builtin_rint(x * 1.4426950408889634074);
+    const double r = __builtin_fma(-n, 1.90821492927058770002e-10,
+                                   __builtin_fma(-n, 6.93147180369123816490e-01, x));
     double p = 1.0 / 6227020800.0;
     p = p * r + 1.0 / 479001600.0;
     p = p * r + 1.0 / 39916800.0;
@@ -68,8 +78,8 @@ static inline double exp_f64(double x) {
     p = p * r + 0.5;
     p = p * r + 1.0;
     p = p * r + 1.0;
-    union { double f; int64_t i; } u;
-    u.i = ((int64_t)n + 1023) << 52;
+    union { double f; int64_t i; } u = { n + 0x1.8p52 };
+    u.i = (u.i + 1023) << 52; /* bits(n + 1.5*2^52) = 0x4338000000000000 + n */
     return p * u.f;
 }
 
@@ -391,6 +401,72 @@ DEFINE_BWD_ENTRY(float, f32)
 DEFINE_BWD_ENTRY(double, f64)
 DEFINE_BWD_BATCHED(float, f32)
 DEFINE_BWD_BATCHED(double, f64)
+
+/* The kernel's own exponential on an array, y_k = exp(x_k) (x_k <= 0), for the accuracy tests. */
+#define DEFINE_EXP(T, SUF, EXPF)                                                                 \
+void tokendyn_exp_##SUF(const T *x, T *y, int64_t n) {                                           \
+    for (int64_t k = 0; k < n; ++k) y[k] = EXPF(x[k]);                                           \
+}
+
+/* Arithmetic ceiling of the forward's inner loop: `reps` sweeps of one query over one key block
+ * of TK keys held in L1 (built here, values keeping s <= 0), each pair doing exactly what the
+ * kernel must do at least, s = <q, k_j>, e = exp(s - m), l += e, acc += e v_j (2 DK + 2
+ * flops and one vector exp), fused in one loop: no score buffer, no block maximum, no mask and
+ * no memory beyond L1, so no call of tokendyn_attend_* can do its pairs faster on one core. The
+ * dot product and the accumulators are reductions over the block, vectorised with the same
+ * instruction set and the same EXPF as the kernel; successive sweeps are independent chains
+ * (q moves by a tiny step, so nothing can be hoisted). Returns the number of pairs evaluated
+ * (reps * TK; 0 if out of memory) and stores the sum of all accumulators in *sink (the caller
+ * times the call; the value only keeps the work alive). */
+#define DEFINE_CEILING(T, SUF, EXPF)                                                             \
+static inline __attribute__((always_inline)) T ceiling_##SUF(int64_t reps, const int64_t DK,      \
+                                                             T *kv) {                            \
+    T *kl = kv, *vl = kv + DK * TK, q[DK], acc[DK], total = 0;                                   \
+    for (int64_t a = 0; a < DK; ++a) {                                                           \
+        q[a] = (T)1;                                                                             \
+        for (int64_t j = 0; j < TK; ++j) {                                                       \
+            kl[a * TK + j] = -(T)(j % 61) / (T)(61 * DK);                                        \
+            vl[a * TK + j] = (T)((j + a) % 7) / (T)7;                                            \
+        }                                                                                        \
+    }                                                                                            \
+    for (int64_t it = 0; it < reps; ++it) {                                                      \
+        T l = 0;                                                                                 \
+        for (int64_t a = 0; a < DK; ++a) acc[a] = 0;                                             \
+        for (int64_t j = 0; j < TK; ++j) {                                                       \
+            T z = 0;                                                                             \
+            for (int64_t a = 0; a < DK; ++a) z += q[a] * kl[a * TK + j];                         \
+            const T e = EXPF(z - (T)0.25);                                                       \
+            l += e;                                                                              \
+            for (int64_t a = 0; a < DK; ++a) acc[a] += e * vl[a * TK + j];                       \
+        }                                                                                        \
+        total += l;                                                                              \
+        for (int64_t a = 0; a < DK; ++a) { total += acc[a]; q[a] += (T)1e-6; }                   \
+    }                                                                                            \
+    return total;                                                                                \
+}                                                                                                \
+                                                                                                 \
+int64_t tokendyn_ceiling_##SUF(int64_t reps, int64_t dk, T *sink) {                              \
+    T *kv = aligned_alloc(64, sizeof(T) * 2 * TK * (dk > 0 ? dk : 1));                           \
+    if (!kv) return 0;                                                                           \
+    T total;                                                                                     \
+    switch (dk) {                                                                                \
+    case 1: total = ceiling_##SUF(reps, 1, kv); break;                                           \
+    case 2: total = ceiling_##SUF(reps, 2, kv); break;                                           \
+    case 3: total = ceiling_##SUF(reps, 3, kv); break;                                           \
+    case 4: total = ceiling_##SUF(reps, 4, kv); break;                                           \
+    case 8: total = ceiling_##SUF(reps, 8, kv); break;                                           \
+    case 16: total = ceiling_##SUF(reps, 16, kv); break;                                         \
+    default: total = ceiling_##SUF(reps, dk, kv); break;                                         \
+    }                                                                                            \
+    free(kv);                                                                                    \
+    *sink = total;                                                                               \
+    return reps * TK;                                                                            \
+}
+
+DEFINE_EXP(float, f32, exp_f32)
+DEFINE_EXP(double, f64, exp_f64)
+DEFINE_CEILING(float, f32, exp_f32)
+DEFINE_CEILING(double, f64, exp_f64)
 
 int tokendyn_fused_abi(void) { return 4; }
 int tokendyn_fused_max_dim(void) { return MAXD; }

@@ -57,7 +57,6 @@ _FLAGS = [
     "-ffinite-math-only",
     "-fPIC",
     "-shared",
-    "-march=native",
     "-mprefer-vector-width=512",
 ]
 _BUILD_LOCK = threading.Lock()
@@ -69,9 +68,15 @@ def cache_dir() -> Path:
 
 
 def _flags() -> list[str]:
-    """The compiler flags for this machine (the vector-width hint exists on x86 only)."""
+    """The compiler flags for this machine (the vector-width hint exists on x86 only).
+
+    ``-march`` is ``native`` unless ``TOKENDYN_FUSED_MARCH`` names another target (e.g.
+    ``haswell`` to build and time the AVX2 code on an AVX-512 machine); the flags are part of the
+    library's cache key, so each target gets its own library.
+    """
     x86 = platform.machine() in ("x86_64", "AMD64")
-    return [f for f in _FLAGS if x86 or f != "-mprefer-vector-width=512"]
+    march = f"-march={os.environ.get('TOKENDYN_FUSED_MARCH') or 'native'}"
+    return [march, *(f for f in _FLAGS if x86 or f != "-mprefer-vector-width=512")]
 
 
 def _library_name() -> str:
@@ -260,6 +265,10 @@ def load() -> ctypes.CDLL | None:
             fn = getattr(lib, f"tokendyn_{name}_{suffix}")
             fn.restype = None
             fn.argtypes = argtypes
+        exp_fn = getattr(lib, f"tokendyn_exp_{suffix}")
+        exp_fn.restype, exp_fn.argtypes = None, [pointer, pointer, i64]
+        ceiling_fn = getattr(lib, f"tokendyn_ceiling_{suffix}")
+        ceiling_fn.restype, ceiling_fn.argtypes = i64, [i64, i64, pointer]
     return lib
 
 
