@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import math
-import time
 
 import pytest
 import torch
 
+from tokendyn.bench import throughput
 from tokendyn.bench.throughput import (
     CONTRACT_KEYS,
     bench_large,
@@ -17,7 +17,7 @@ from tokendyn.bench.throughput import (
     run_bench,
 )
 from tokendyn.engine.kernels import fused, get_backend
-from tokendyn.engine.kernels.threads import workers_for
+from tokendyn.engine.kernels.threads import available_cpus
 from tokendyn.errors import ConfigError
 
 ALL_BACKENDS = ("dense", "tiled", "sdpa", "naive")
@@ -85,37 +85,14 @@ needs_fused = pytest.mark.skipif(not fused.available(), reason="needs the compil
 
 @needs_fused
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_pair_ceiling_positive(dtype: str) -> None:
+def test_pair_ceiling_is_a_positive_rate_counted_per_usable_core(dtype, monkeypatch) -> None:
+    """pair_ceiling times the C ceiling kernel; measure_peaks multiplies that per-core rate by the
+    threads a backend may use (no second timing to compare with: timings are not pass/fail)."""
     rate = pair_ceiling(dtype, 3)
     assert rate is not None and rate > 0 and math.isfinite(rate)
+    monkeypatch.setattr(throughput, "pair_ceiling", lambda dtype, d: 1e9 + d)
     peaks = measure_peaks("cpu", dtype, d=3)
-    assert peaks["pair_rate"] >= rate  # times the threads a backend may use (≥ 1)
-
-
-@needs_fused
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_fused_kernel_stays_under_its_ceiling(dtype: str) -> None:
-    """The fused kernel's best rate per thread it uses never beats the per-core ceiling.
-
-    Both are best-of timings (the noise of a best-of is one-sided: a busy core only slows a
-    trial), so the ceiling is the best of three measurements and the margin is the spread seen
-    between them (how low a ceiling measurement may read).
-    """
-    n, d = 4096, 3
-    ceilings = [pair_ceiling(dtype, d) or 0.0 for _ in range(3)]
-    spread = max(ceilings) / min(ceilings)
-    x = torch.randn(
-        1, n, d, dtype=getattr(torch, dtype), generator=torch.Generator().manual_seed(0)
-    )
-    tiled = get_backend("tiled")
-    tiled.attend(x, x, x)  # warm-up
-    best = float("inf")
-    for _ in range(5):
-        start = time.perf_counter()
-        tiled.attend(x, x, x)
-        best = min(best, time.perf_counter() - start)
-    per_thread = n * n / best / workers_for(n * n)
-    assert per_thread <= max(ceilings) * spread, (per_thread, ceilings)
+    assert peaks["pair_rate"] == (1e9 + 3) * min(torch.get_num_threads(), available_cpus())
 
 
 @pytest.mark.parametrize(

@@ -177,9 +177,9 @@ def test_gaussian_errors_name_the_argument_and_the_config_field(kwargs, field, c
     with pytest.raises(ConfigError) as info:
         gaussian_cloud(1, 4, 2, gen, **kwargs)
     assert info.value.field == field
-    cfg = make_config(space="euclidean", d=2, **{f"init_{k}": v for k, v in kwargs.items()})
-    with pytest.raises(ConfigError) as info:
-        build(cfg)
+    fields = {f"init_{k}": v for k, v in kwargs.items()}
+    with pytest.raises(ConfigError) as info:  # a shape is refused by the config, values by build
+        build(make_config(space="euclidean", d=2, **fields))
     assert info.value.field == config_field
 
 
