@@ -23,7 +23,7 @@ from tokendyn.errors import ConfigError
 ROW_KEYS = {
     "kind", "n", "d", "dtype", "threads", "numpy_s", "euler_s", "rk4_s", "euler_s_1t",
     "rk4_s_1t", "numpy_over_euler_1t", "numpy_over_euler", "default_over_1t", "attention_s",
-    "auto", "best", "auto_over_best", "auto_within_10pct", "steps",
+    "auto", "best", "auto_over_best", "auto_within_10pct", "steps", "call_s",
 }  # fmt: skip
 
 
@@ -88,14 +88,27 @@ def test_tiny_grid_rows_have_their_keys_and_consistent_ratios():
         assert row["auto_within_10pct"] == (row["auto_over_best"] <= 1.10)
         assert set(row["steps"]) == {"numpy", "euler", "rk4", "euler_1t", "rk4_1t"}
         assert all(isinstance(s, int) and s >= 1 for s in row["steps"].values())
+        assert set(row["call_s"]) == set(row["steps"]) - {"numpy"}
+        assert all(c >= 0 for c in row["call_s"].values())
     table = small.format_small(rows)
     assert table.row_count == 2
 
 
+def test_per_step_cost_is_the_slope_not_the_call_overhead(monkeypatch):
+    """A call of k steps that costs c + s·k (planted clock): _per_step returns s per step and c per
+    call, where dividing one call by its steps would have reported s + c/k."""
+    c, s = 1e-3, 2e-6
+    calls: list[int] = []
+    monkeypatch.setattr(small, "_seconds", lambda fn: (fn(), c + s * calls[-1])[1])
+    per_step, steps, call = small._per_step(calls.append, target_s=0.1)
+    assert per_step == pytest.approx(s, rel=1e-9) and call == pytest.approx(c, rel=1e-9)
+    assert steps * s >= 0.05 and calls[0] == 1
+
+
 def test_small_row_marks_auto_beyond_ten_percent_and_skips_missing_dense():
-    timing = {"euler": (2.0, 1), "rk4": (8.0, 1)}
+    timing = {"euler": (2.0, 1, 0.5), "rk4": (8.0, 1, 0.5)}
     row = small.small_row(
-        8192, 3, "float32", 2, (4.0, 1), timing, {"euler": (1.0, 1), "rk4": (4.0, 1)},
+        8192, 3, "float32", 2, (4.0, 1), timing, {"euler": (1.0, 1, 0.1), "rk4": (4.0, 1, 0.1)},
         {"dense": None, "tiled": 1.0, "sdpa": 1.2}, "sdpa",
     )  # fmt: skip
     assert row["best"] == "tiled" and row["auto_over_best"] == pytest.approx(1.2)
@@ -105,6 +118,7 @@ def test_small_row_marks_auto_beyond_ten_percent_and_skips_missing_dense():
         2.0,
         2.0,
     )
+    assert row["call_s"] == {"euler": 0.5, "rk4": 0.5, "euler_1t": 0.1, "rk4_1t": 0.1}
 
 
 def test_bad_grid_is_one_config_error_before_anything_runs():

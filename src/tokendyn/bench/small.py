@@ -10,7 +10,9 @@ Per (N, d, dtype) a row holds:
 - ``numpy_s``: seconds per step of `numpy_euler` (the reference papers' five-line loop, in the
   same dtype): the users' yardstick;
 - ``euler_s``, ``rk4_s``: seconds per step of `simulate` (the public `td.simulate`, backend
-  "auto", save_every = the number of steps, i.e. frames at the start and the end only) at the
+  "auto", save_every = the number of steps, i.e. frames at the start and the end only; the slope
+  between a call of 1 step and a call of k steps, so a call's fixed cost — ``call_s``, reported
+  apart — is not spread over the steps) at the
   caller's thread setting, and ``euler_s_1t``, ``rk4_s_1t`` inside the caller's `single_thread()`
   context (the CLI sets one torch thread there: the library never changes thread settings);
 - ``numpy_over_euler_1t`` = numpy_s / euler_s_1t, ``numpy_over_euler`` = numpy_s / euler_s (above 1:
@@ -21,10 +23,10 @@ Per (N, d, dtype) a row holds:
   attention_s[auto] / min(attention_s) and ``auto_within_10pct`` (the issue's target).
 
 Before the first row of a dtype, a few steps at N = 8 (at both thread settings) take the first-use
-costs (auto's calibration, imports) off the clock. Every timing then runs its unit once as a
-warm-up (which also gives the per-step estimate), then once more for as many steps (or calls) as
-fill about `target_s` seconds (at least one); the NumPy loop's warm-up is itself the timing where
-it already took longer than `target_s` (large N).
+costs (auto's calibration, imports) off the clock. The NumPy loop and the attention calls run their
+unit once as a warm-up (which also gives the estimate), then once more for as many steps (or calls)
+as fill about `target_s` seconds (at least one); the NumPy loop's warm-up is itself the timing
+where it already took longer than `target_s` (large N). `simulate` is timed by `_per_step`.
 """
 
 from __future__ import annotations
@@ -126,9 +128,34 @@ def _per_unit(
     return (time.perf_counter() - start) / units, units
 
 
-def _steps_timing(n: int, d: int, dtype: str, target_s: float) -> dict[str, tuple[float, int]]:
+def _seconds(run: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
+def _per_step(run: Callable[[int], object], target_s: float) -> tuple[float, int, float]:
+    """(seconds per step, steps timed, seconds per call beyond its steps) of `run(k)`, one call
+    of k steps: the slope between a call of one step (best of ROUNDS, after a warm-up) and one
+    call of k steps, k grown until its steps take about target_s. A call's fixed cost (building
+    the field, the Dataset of saved frames) is not a per-step cost: a run pays it once."""
+    run(1)
+    one = min(_seconds(lambda: run(1)) for _ in range(ROUNDS))
+    k = 2
+    while True:
+        spent = _seconds(lambda k=k: run(k)) - one
+        if spent >= 0.5 * target_s or k >= MAX_STEPS:
+            break
+        k = min(MAX_STEPS, max(2 * k, round(k * target_s / max(spent, 1e-9))))
+    per_step = max(spent, 0.0) / (k - 1)
+    return per_step, k, max(one - per_step, 0.0)
+
+
+def _steps_timing(
+    n: int, d: int, dtype: str, target_s: float
+) -> dict[str, tuple[float, int, float]]:
     x0 = initial_cloud(n, d, dtype)
-    return {m: _per_unit(lambda k, m=m: simulate_steps(x0, m, k), target_s) for m in METHODS}
+    return {m: _per_step(lambda k, m=m: simulate_steps(x0, m, k), target_s) for m in METHODS}
 
 
 def _attention_timing(n: int, d: int, dtype: str, target_s: float) -> tuple[dict, str]:
@@ -222,12 +249,13 @@ def small_row(
     dtype: str,
     threads: int,
     numpy: tuple[float, int],
-    default: dict[str, tuple[float, int]],
-    one: dict[str, tuple[float, int]],
+    default: dict[str, tuple[float, int, float]],
+    one: dict[str, tuple[float, int, float]],
     attention: dict[str, float | None],
     chosen: str,
 ) -> dict[str, Any]:
-    """The row of one (N, d, dtype) from its timings (seconds per step or call, units timed)."""
+    """The row of one (N, d, dtype) from its timings (seconds per step or call, units timed, and
+    for simulate the fixed seconds per call)."""
     timed = {name: t for name, t in attention.items() if t is not None}
     best = min(timed, key=timed.__getitem__)
     auto_over_best = timed[chosen] / timed[best] if chosen in timed else math.nan
@@ -255,6 +283,10 @@ def small_row(
             **{m: default[m][1] for m in METHODS},
             **{f"{m}_1t": one[m][1] for m in METHODS},
         },
+        "call_s": {
+            **{m: default[m][2] for m in METHODS},
+            **{f"{m}_1t": one[m][2] for m in METHODS},
+        },
     }
 
 
@@ -263,13 +295,14 @@ def _ms(seconds: float | None) -> str:
 
 
 def format_small(rows: list[dict[str, Any]]) -> Table:
-    """The rows as a rich table: ms per step, ratios, forward attention ms per backend, auto's
+    """The rows as a rich table: ms per step, ratios, ms per simulate call beyond its steps (1
+    thread, Euler), forward attention ms per backend, auto's
     pick (marked ✗ where it is more than 10 % slower than the best)."""
     threads = rows[0]["threads"] if rows else torch.get_num_threads()
     table = Table(title=f"tokendyn bench --small (ms per step; default = {threads} threads)")
     columns = [
         "dtype", "d", "N", "NumPy", "Euler 1t", "RK4 1t", "Euler", "RK4",
-        "NumPy/Euler 1t", "default/1t", "dense", "tiled", "sdpa", "auto",
+        "NumPy/Euler 1t", "default/1t", "call 1t", "dense", "tiled", "sdpa", "auto",
     ]  # fmt: skip
     for name in columns:
         table.add_column(name, justify="left" if name in ("dtype", "auto") else "right")
@@ -288,6 +321,7 @@ def format_small(rows: list[dict[str, Any]]) -> Table:
             _ms(row["rk4_s"]),
             f"{row['numpy_over_euler_1t']:.2f}",
             f"{row['default_over_1t']:.2f}",
+            _ms(row["call_s"]["euler_1t"]),
             *(_ms(attention[b]) for b in ATTENTION_BACKENDS),
             f"{row['auto']} {mark}",
         )

@@ -36,7 +36,11 @@ from tokendyn.engine.space import Euclidean, Space, Sphere
 METHOD_CODES = {"euler": 0, "heun": 1, "rk4": 2}
 # A single cloud with at least this many score pairs per field evaluation keeps the per-step path
 # when more threads are available than clouds: there the threaded kernel beats one lean thread.
-SPLIT_PAIRS = 1 << 20
+# Measured side by side (`tokendyn bench --small`, 2-core EPYC, float64, d = 3, ms per Euler step,
+# lean on 1 thread / per-step path on 2): N = 1024: 1.34 / 2.72, 2048: 4.87 / 6.68, 4096: 20.3 /
+# 24.7, 8192: 89.7 / 66.8. Below N = 8192 the per-step path's torch calls (whose OpenMP threads
+# spin against the kernel's) cost more than the second thread gains.
+SPLIT_PAIRS = 1 << 26
 
 
 def lean_enabled() -> bool:

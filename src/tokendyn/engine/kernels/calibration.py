@@ -52,7 +52,7 @@ from tokendyn.errors import ConfigError
 FORMAT = 1
 CANDIDATES = ("dense", "tiled", "sdpa")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-GRID_N = (8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+GRID_N = (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 GRID_D = (3, 8, 16)
 DENSE_MAX_N = 512
 REPEATS = 3
