@@ -17,6 +17,7 @@ Dataset or progress bar (`tokendyn.app.simulate` builds those on top of it).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -144,25 +145,26 @@ def integrate(
         if on_step is not None and count > 0:
             on_step(count)
 
-    if not _needs_grad(field_fn, x):
-        with torch.inference_mode():
-            stepper = lean_stepper(field_fn, space, method, x, dt)
-            if start_step == 0:
-                save(0, x if stepper is None else stepper.x.clone())
-            if stepper is not None:
-                # Chunks between saved frames: one C call each; saving, statistics and progress
-                # are paid per frame, not per step.
-                step = start_step
-                while step < n_steps:
-                    target = min(n_steps, (step // save_every + 1) * save_every)
-                    bad = stepper.advance(target - step)
-                    if bad:
-                        stepped(bad - 1)
-                        raise NonFiniteStateError(step + bad, (step + bad) * dt, saved_until)
-                    save(target, stepper.x.clone())
-                    stepped(target - step)
-                    step = target
-                return stepper.x.clone()
+    needs_grad = _needs_grad(field_fn, x)
+    with nullcontext() if needs_grad else torch.inference_mode():
+        stepper = None if needs_grad else lean_stepper(field_fn, space, method, x, dt)
+        if start_step == 0:
+            save(0, x if stepper is None else stepper.x.clone())
+        if stepper is not None:
+            # Chunks between saved frames: one C call each; saving, statistics and progress are
+            # paid per frame, not per step.
+            step = start_step
+            while step < n_steps:
+                target = min(n_steps, (step // save_every + 1) * save_every)
+                bad = stepper.advance(target - step)
+                if bad:
+                    stepped(bad - 1)
+                    raise NonFiniteStateError(step + bad, (step + bad) * dt, saved_until)
+                save(target, stepper.x.clone())
+                stepped(target - step)
+                step = target
+            x = stepper.x
+        else:
             x = _generic_loop(
                 field_fn,
                 space,
@@ -177,23 +179,8 @@ def integrate(
                 on_step,
                 lambda: saved_until,
             )
-        return x.clone()  # a normal tensor: callers may use it under autograd
-    if start_step == 0:
-        save(0, x)
-    return _generic_loop(
-        field_fn,
-        space,
-        x,
-        dt,
-        step_fn,
-        layer_time,
-        start_step,
-        n_steps,
-        save_every,
-        save,
-        on_step,
-        lambda: saved_until,
-    )
+    # Outside inference mode: a normal tensor, which callers may use under autograd.
+    return x if needs_grad else x.clone()
 
 
 def _needs_grad(field_fn: Velocity, x: torch.Tensor) -> bool:
