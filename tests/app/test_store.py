@@ -51,7 +51,7 @@ def test_killed_run_resumes_from_its_last_frame(tmp_path):
     out = tmp_path / "killed.zarr"
     flags = [
         "--n",
-        "400",
+        "1000",
         "--d",
         "3",
         "--beta",
@@ -93,12 +93,13 @@ def test_killed_run_resumes_from_its_last_frame(tmp_path):
     assert frames >= 3, "the run should have written frames before the kill"
     kept = repair_store(out)
     assert kept >= 3
-    cfg = make_config(n=400, d=3, beta=3.0, t_end=30.0, dt=0.05, save_every=10, backend="tiled")
+    cfg = make_config(n=1000, d=3, beta=3.0, t_end=30.0, dt=0.05, save_every=10, backend="tiled")
     resumed = run_simulation(cfg, out, resume=True).load()
     assert resumed["step"].values.tolist() == list(range(0, 601, 10))
-    reference = run_simulation(cfg.model_copy(update={"t_end": float(resumed["time"][kept + 2])}))
+    last = min(kept + 2, 60)  # two frames past the kill, when the run had not nearly finished
+    reference = run_simulation(cfg.model_copy(update={"t_end": float(resumed["time"][last])}))
     # Frames after the kill are recomputed from the stored float64 state: identical numerics.
-    assert np.array_equal(resumed["x"].values[: kept + 3], reference["x"].values)
+    assert np.array_equal(resumed["x"].values[: last + 1], reference["x"].values)
 
 
 def test_half_written_frame_is_dropped(tmp_path):
