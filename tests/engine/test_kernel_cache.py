@@ -173,3 +173,16 @@ def test_no_compiler_falls_back_with_one_warning(cache, monkeypatch):
         assert fused.load() is None
     assert not fused.available()  # cached: no second warning, no second attempt
     _kernel_works()  # the tiled backend's torch block loop
+
+
+def test_a_second_load_gets_its_own_library(cache, monkeypatch):
+    """Another build loaded later in the same process is that build, not the first library again
+    (loading through a reused /proc/self/fd/N name used to hand back the earlier library: after
+    this module's -O0 builds, the rest of a test run computed with unoptimised kernels)."""
+    first = fused.load()
+    monkeypatch.setattr(fused, "_FLAGS", ["-O1", "-fPIC", "-shared"])  # another library name
+    fused.load.cache_clear()
+    second = fused.load()
+    assert first is not None and second is not None
+    assert second._handle != first._handle
+    _kernel_works()

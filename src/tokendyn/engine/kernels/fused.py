@@ -60,6 +60,7 @@ _FLAGS = [
     "-mprefer-vector-width=512",
 ]
 _BUILD_LOCK = threading.Lock()
+_LOADED_FDS: list[int] = []  # descriptors of the loaded libraries (see _open_verified)
 MAX_DIM = 512
 
 
@@ -149,14 +150,21 @@ def _open_verified(path: Path) -> ctypes.CDLL | None:
     fd = _open_private(path)
     if fd is None:
         return None
-    try:
-        if hashlib.sha256(_read_fd(fd)).hexdigest() != recorded:
-            return None
-        # Load the very file just hashed: its descriptor, not its name, which could be replaced.
-        via_fd = Path(f"/proc/self/fd/{fd}")
-        return ctypes.CDLL(str(via_fd if via_fd.exists() else path))
-    finally:
+    if hashlib.sha256(_read_fd(fd)).hexdigest() != recorded:
         os.close(fd)
+        return None
+    # Load the very file just hashed: its descriptor, not its name, which could be replaced. The
+    # descriptor stays open while the process lives (a loaded library is never unloaded): the
+    # dynamic loader knows a library by the name it was opened with, so a later load through a
+    # reused /proc/self/fd/N would be handed the earlier library instead of this one.
+    via_fd = Path(f"/proc/self/fd/{fd}")
+    try:
+        lib = ctypes.CDLL(str(via_fd if via_fd.exists() else path))
+    except OSError:
+        os.close(fd)
+        raise
+    _LOADED_FDS.append(fd)
+    return lib
 
 
 @contextmanager
