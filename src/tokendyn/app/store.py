@@ -23,6 +23,7 @@ import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
+import h5py
 import numpy as np
 import xarray as xr
 
@@ -270,10 +271,31 @@ def claim_folder(path: str | Path) -> Path:
     return p
 
 
+def _hdf5_damage(p: Path) -> str | None:
+    """Why `p` is not a readable HDF5 (netCDF-4) file, None if every object header and attribute
+    reads. Checked with h5py before h5netcdf opens the file: an h5netcdf File whose opening fails
+    halfway prints a traceback from its finaliser later."""
+    if not h5py.is_hdf5(p):
+        return "not an HDF5/netCDF-4 file"
+
+    def read_attrs(_name: str, obj: h5py.HLObject) -> None:
+        dict(obj.attrs)
+
+    try:
+        with h5py.File(p, "r") as f:
+            dict(f.attrs)
+            f.visititems(read_attrs)
+    except Exception as err:  # h5py raises many types for corrupt files
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
 def _is_own_file(p: Path) -> bool:
     suffix = p.suffix.lower()
     try:
         if suffix == ".nc":
+            if _hdf5_damage(p) is not None:
+                return False
             with xr.open_dataset(p, engine="h5netcdf") as ds:
                 return all(key in ds.attrs for key in OWN_ATTRS) or "tokendyn" in str(
                     ds.attrs.get("source", "")
@@ -431,13 +453,17 @@ def open_run(path: str | Path) -> xr.Dataset:
     if p.is_dir():
         ds = _open_zarr(p)
     else:
-        try:
-            ds = xr.open_dataset(p, engine="h5netcdf")
-        except Exception as err:  # h5py raises many types for corrupt files
+        damage = _hdf5_damage(p)
+        if damage is None:
+            try:
+                ds = xr.open_dataset(p, engine="h5netcdf")
+            except Exception as err:  # h5py raises many types for corrupt files
+                damage = f"{type(err).__name__}: {err}"
+        if damage is not None:
             raise StoreError(
-                f"store: {p} is not a readable tokendyn store ({type(err).__name__}: {err}). "
+                f"store: {p} is not a readable tokendyn store ({damage}). "
                 "Fix: give a store written by `tokendyn simulate` or `tokendyn export`"
-            ) from None
+            )
         if "x" not in ds or "time" not in ds.coords or "step" not in ds.coords:
             raise StoreError(
                 f"store: {p} has no variable 'x' with coordinates 'time' and 'step'. "
