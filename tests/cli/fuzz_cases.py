@@ -15,9 +15,11 @@ valid), `hang` (no answer within the deadline).
 
 from __future__ import annotations
 
+import gc
 import math
 import re
 import signal
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -376,16 +378,34 @@ def prepare(case: Case, tmp: Path, run_store: Path | None = None) -> list[str]:
     return out
 
 
+@contextmanager
+def finaliser_errors() -> Iterator[list[str]]:
+    """The exceptions raised in finalisers (``Exception ignored in …``, which Python prints as a
+    traceback on stderr) while the block runs, its young garbage collected at the end."""
+    seen: list[str] = []
+    previous = sys.unraisablehook
+    sys.unraisablehook = lambda u: seen.append(
+        f"{u.exc_type.__name__}: {u.exc_value} in {u.object!r}"
+    )
+    try:
+        yield seen
+    finally:
+        gc.collect(1)
+        sys.unraisablehook = previous
+
+
 def judge(case: Case, tmp: Path, seconds: float, run_store: Path | None = None) -> tuple[str, str]:
     """Run `case` in-process; (outcome, output)."""
     args = prepare(case, tmp, run_store)
     runner = CliRunner()
     try:
-        with deadline(seconds):
+        with deadline(seconds), finaliser_errors() as finalisers:
             result = runner.invoke(app, args, catch_exceptions=True)
     except Hang:
         return "hang", ""
     output = result.output
+    if finalisers:
+        return "traceback", "Exception ignored in a finaliser: " + "; ".join(finalisers)
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         return "traceback", f"{type(result.exception).__name__}: {result.exception}\n{output}"
     lines = [line for line in output.splitlines() if line.strip()]

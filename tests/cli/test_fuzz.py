@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from tests.cli.fuzz_cases import FAILURES, FAMILIES, Case, judge
 from tokendyn.app.config import make_config
 from tokendyn.app.run import run_simulation
+from tokendyn.errors import TokendynError
 
 # examples per family in the default suite (≈ 40 s on 2 shared cores); sweeps start Dask
 BUDGET = {
@@ -78,6 +79,20 @@ def test_the_judge_sees_a_traceback_an_invalid_acceptance_and_a_hang(monkeypatch
         raise IndexError("planted")
 
     monkeypatch.setattr(run_module, "run_simulation", broken)
+    assert judge(Case("t", base, None), tmp_path, 10.0)[0] == "traceback"
+
+    class FailsInFinaliser:
+        def __init__(self) -> None:
+            self.cycle = self  # freed by the garbage collector, not by its reference count
+
+        def __del__(self) -> None:
+            raise AttributeError("planted")
+
+    def leaves_a_broken_object(*args, **kwargs):
+        FailsInFinaliser()
+        raise TokendynError("n: planted. Fix: none")
+
+    monkeypatch.setattr(run_module, "run_simulation", leaves_a_broken_object)
     assert judge(Case("t", base, None), tmp_path, 10.0)[0] == "traceback"
 
     def endless(*args, **kwargs):
