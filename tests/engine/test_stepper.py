@@ -217,3 +217,96 @@ def test_block_and_sigmoid_fields_never_take_the_lean_path(monkeypatch):
     softmax = SoftmaxAttention([Head(eye, eye, eye, 1.0)])
     integrate(softmax, Sphere(D), x0, t_end=0.2, dt=DT, method="euler")
     assert built == [softmax]
+
+
+def _threads(monkeypatch, workers: int) -> None:
+    """Give the lean path `workers` threads whatever the size (more than the cores is fine)."""
+    monkeypatch.setenv("TOKENDYN_LEAN", "1")
+    monkeypatch.setattr(stepper, "workers_for", lambda pairs, per_thread=0: workers)
+
+
+@pytest.mark.parametrize("method", ["euler", "heun", "rk4"])
+@pytest.mark.parametrize(
+    ("space", "dtype", "mask", "heads", "B", "n", "workers", "used"),
+    [
+        (Sphere(D), torch.float64, None, 1, 1, 37, 3, 3),  # one cloud: 3 token ranges
+        (Sphere(D), torch.float32, "causal", 2, 1, 37, 2, 2),  # causal: ranges split the pairs
+        (Euclidean(), torch.float64, "causal", 2, 3, 37, 7, 6),  # 3 cloud ranges × 2 threads
+        (Euclidean(), torch.float64, None, 1, 1, 9, 5, 3),  # 3 row groups of 4: 3 threads
+    ],
+)
+def test_token_split_is_bitwise_the_same(
+    monkeypatch, method, space, dtype, mask, heads, B, n, workers, used
+):
+    """Splitting each cloud's tokens over threads changes which thread computes a token, never
+    its arithmetic: the states after every frame are equal bit for bit to one thread's."""
+    field = _field(heads, True, B, mask).to(dtype)
+    x0 = torch.randn(B, n, D, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    x0 = (x0 / x0.norm(dim=-1, keepdim=True)).to(dtype)
+    runs = {}
+    for w in (1, workers):
+        _threads(monkeypatch, w)
+        frames: list = []
+        out = integrate(
+            field, space, x0, t_end=7 * DT, dt=DT, method=method, save_every=3,
+            on_save=frames.append,
+        )  # fmt: skip
+        runs[w] = (out, [f.x for f in frames])
+    assert torch.equal(runs[1][0], runs[workers][0])
+    for a, b in zip(runs[1][1], runs[workers][1], strict=True):
+        assert (a == b).all()
+    _threads(monkeypatch, workers)
+    lean = stepper.lean_stepper(field, space, method, x0, DT)
+    assert lean is not None
+    lean.advance(1)
+    assert lean.threads_used == used
+
+
+@pytest.mark.parametrize(("method", "step"), [("euler", 3), ("heun", 2), ("rk4", 1)])
+def test_one_token_range_overflowing_stops_every_thread(monkeypatch, method, step):
+    """Q = K = 0, V = c·I, causal, on R^d: token i moves with c times the mean of tokens 0..i, so
+    a last token of size 1e250 overflows after `step` steps (growth R(c·dt) = 1e20, 5e39, 4e78
+    per step) while the others, of size 1, stay finite for 4 or more steps. Only the last
+    thread's tokens go non-finite; every thread must stop at that step, as the generic path
+    does (a thread that went on would wait for ever at the next barrier)."""
+    c = 1e20
+    zero = torch.zeros(1, D, dtype=torch.float64)
+    field = SoftmaxAttention(
+        [Head(zero, zero, c * torch.eye(D, dtype=torch.float64), 1.0)], mask="causal"
+    )
+    x0 = torch.randn(1, 9, D, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    x0[0, -1] *= 1e250
+    errors = []
+    for workers, lean in ((3, "1"), (1, "1"), (1, "0")):
+        _threads(monkeypatch, workers)
+        monkeypatch.setenv("TOKENDYN_LEAN", lean)
+        with pytest.raises(NonFiniteStateError) as info:
+            integrate(field, Euclidean(), x0, t_end=20.0, dt=1.0, method=method, save_every=5)
+        errors.append((info.value.step, info.value.time, info.value.saved_until))
+    assert errors[0] == errors[1] == errors[2]
+    assert errors[0][0] == step
+
+
+def test_thread_choice_keeps_the_faster_and_follows_a_change():
+    """The choice times both options on probes of `probe_steps` steps, then runs the one with
+    less time per step, timing the other once per PROBE_EVERY probes' worth of steps; when the
+    machine changes (the split gets slower), it switches."""
+    every = stepper.PROBE_EVERY
+    assert stepper.ThreadChoice(1, 5).plan(100) == (1, 100)
+    choice = stepper.ThreadChoice(2, 5)
+    plans = []
+
+    def run(steps: int, seconds_per_step: dict[int, float]) -> None:
+        while steps:
+            threads, n = choice.plan(steps)
+            plans.append((threads, n))
+            choice.record(threads, n * seconds_per_step[threads], n)
+            steps -= n
+
+    run(2 * 5 + 2 * every * 5 + 5, {2: 1.0, 1: 1.8})  # the split is faster
+    assert plans[:3] == [(2, 5), (1, 5), (2, every * 5)]
+    assert plans[3:] == [(1, 5), (2, every * 5)]
+    plans.clear()
+    run(4 * every * 5, {2: 3.0, 1: 1.8})  # a busy machine: now one thread is faster
+    ones = sum(n for t, n in plans if t == 1)
+    assert ones >= 4 * every * 5 - 3 * 5 - every * 5  # after at most a probe, one thread runs

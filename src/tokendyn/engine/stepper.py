@@ -8,16 +8,20 @@ kernels/_fused.c) advances every cloud by k Euler, Heun or RK4 steps of
 (retraction x ↦ x/|x| after each step on the sphere; mask None or causal; normalise "softmax" or
 "n"; one β per head, or one per cloud and head) with no Python, allocation or validation per step:
 the per-stage buffers (q = βQy, kᵀ = Ky, vᵀ = Vy, the stage velocities) are a workspace allocated
-once per `integrate` call. Clouds are independent, so the batch is split into contiguous cloud
-ranges, one per thread (`workers_for(B·N²)`), each taking its k steps with no synchronisation.
+once per `integrate` call. Threads are shared out as clouds first: clouds are independent, so the
+batch is split into min(B, workers_for(B·N²)) contiguous cloud ranges, each taking its k steps
+with no synchronisation; the threads left over (of workers_for(B·N², TOKEN_PAIRS_PER_THREAD); all
+of them for a single cloud) split each cloud's tokens inside the C driver, meeting at a barrier
+twice per head and stage (bitwise the same result for every split). A barrier waits for the
+slowest thread, so on a busy machine a split can be slower than one thread: each stepper times
+both (`ThreadChoice`) and keeps the faster.
 
 `lean_stepper` returns None — and `integrate` runs its generic torch loop, unchanged — unless every
 condition holds: a plain `SoftmaxAttention` field (no block, no layer time) on the `auto` or fused
 `tiled` backend, a `Sphere` or `Euclidean` space, a CPU float32/float64 state whose dtype the
 weights share, dimensions within the kernel's limit, no gradient needed, the fused library built,
-and work that one thread per cloud range handles faster than the threaded per-step kernel (see
-`SPLIT_PAIRS`). Setting the environment variable TOKENDYN_LEAN=0 forces the generic path (tests
-compare the two).
+and the fused library built. Setting the environment variable TOKENDYN_LEAN=0 forces the generic
+path (tests compare the two).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from __future__ import annotations
 import ctypes
 import itertools
 import os
+import time
 
 import torch
 
@@ -34,13 +39,51 @@ from tokendyn.engine.kernels.threads import run_jobs, workers_for
 from tokendyn.engine.space import Euclidean, Space, Sphere
 
 METHOD_CODES = {"euler": 0, "heun": 1, "rk4": 2}
-# A single cloud with at least this many score pairs per field evaluation keeps the per-step path
-# when more threads are available than clouds: there the threaded kernel beats one lean thread.
-# Measured side by side (`tokendyn bench --small`, 2-core EPYC, float64, d = 3, ms per Euler step,
-# lean on 1 thread / per-step path on 2): N = 1024: 1.34 / 2.72, 2048: 4.87 / 6.68, 4096: 20.3 /
-# 24.7, 8192: 89.7 / 66.8. Below N = 8192 the per-step path's torch calls (whose OpenMP threads
-# spin against the kernel's) cost more than the second thread gains.
-SPLIT_PAIRS = 1 << 26
+
+
+# Token split: about 30 µs of work per thread and step. Measured side by side (2-core EPYC, idle,
+# Euler, d = 3, float64, ms per step, 1 thread / 2 threads): N = 128: 0.023 / 0.013, 256: 0.081 /
+# 0.044, 512: 0.31 / 0.17, 4096: 18.9 / 9.7; float32 alike (1.7-2.3x from N = 128).
+TOKEN_PAIRS_PER_THREAD = 1 << 15
+PROBE_PAIRS = 1 << 22  # score pairs per timed probe (a few ms of one thread's work)
+PROBE_EVERY = 16  # probes' worth of steps on the faster option between two probes of the other
+
+
+class ThreadChoice:
+    """One thread or `threads` per cloud range, whichever has taken less time per step.
+
+    Steps are run in calls of `probe_steps` (about PROBE_PAIRS score pairs) until each option has
+    been timed once; then the faster (by its latest time per step, averaged with the one before)
+    runs PROBE_EVERY probes' worth of steps between two probes of the other, so a machine that
+    became busy (or idle) is followed, at a cost of at most 1/PROBE_EVERY of the difference.
+    The choice never changes a result: every split gives the same bits.
+    """
+
+    def __init__(self, threads: int, probe_steps: int):
+        self.options = [threads, 1] if threads > 1 else [1]
+        self.probe_steps = max(1, probe_steps)
+        self.cost: dict[int, float] = {}
+        self.since_probe = 0
+
+    def plan(self, remaining: int) -> tuple[int, int]:
+        """(threads, steps) for the next call, out of `remaining` steps."""
+        if len(self.options) == 1:
+            return 1, remaining
+        untried = [t for t in self.options if t not in self.cost]
+        if untried:
+            return untried[0], min(remaining, self.probe_steps)
+        best, other = sorted(self.options, key=self.cost.__getitem__)
+        between = PROBE_EVERY * self.probe_steps
+        if self.since_probe >= between:
+            self.since_probe = 0
+            return other, min(remaining, self.probe_steps)
+        steps = min(remaining, between - self.since_probe)
+        self.since_probe += steps
+        return best, steps
+
+    def record(self, threads: int, seconds: float, steps: int) -> None:
+        per_step = seconds / steps
+        self.cost[threads] = 0.5 * (self.cost.get(threads, per_step) + per_step)
 
 
 def lean_enabled() -> bool:
@@ -86,14 +129,12 @@ def _qualifies(field: object, space: Space, method: str, x: torch.Tensor) -> boo
             return False
         if torch.as_tensor(head.beta).numel() not in (1, B):
             return False  # the generic path raises its one-line error
-    if not fused.available():
-        return False
-    workers = workers_for(B * N * N)
-    return workers <= B or N * N < SPLIT_PAIRS
+    return fused.available()
 
 
 class LeanStepper:
-    """Advances its own copy `x` (B, N, d) of the state in place, k steps per `advance(k)`."""
+    """Advances its own copy `x` (B, N, d) of the state in place, k steps per `advance(k)`;
+    `threads_used` counts the threads of the last `advance`, over all its cloud ranges."""
 
     def __init__(
         self, field: SoftmaxAttention, space: Space, method: str, x: torch.Tensor, dt: float
@@ -124,12 +165,16 @@ class LeanStepper:
         ).contiguous()
         kmax = max(1, *(head.Q.shape[0] for head in heads))
         mmax = max(1, *(head.V.shape[0] for head in heads))
-        workers = min(B, workers_for(B * N * N))
-        bounds = [B * i // workers for i in range(workers + 1)]
+        ranges = min(B, workers_for(B * N * N))
+        threads = max(1, workers_for(B * N * N, TOKEN_PAIRS_PER_THREAD) // ranges)
+        stages = {"euler": 1, "heun": 2, "rk4": 4}[method]
+        probe_steps = PROBE_PAIRS // (B * N * N * len(heads) * stages)
+        self.choice = ThreadChoice(threads, probe_steps)  # per cloud range, splitting its tokens
+        bounds = [B * i // ranges for i in range(ranges + 1)]
         size = 3 * N * d + N * (2 * kmax + 2 * mmax + 1)
-        self._work = torch.empty(workers, size, dtype=dtype)
+        self._work = torch.empty(ranges, size, dtype=dtype)
         self._fail = torch.zeros(B, dtype=torch.int64)
-        self._workers = workers
+        self._ranges = ranges
         fn = getattr(lib, "tokendyn_lean_steps_" + ("f32" if dtype == torch.float32 else "f64"))
         flags = (
             int(field.mask == "causal"),
@@ -147,11 +192,18 @@ class LeanStepper:
     def advance(self, steps: int) -> int:
         """Take `steps` steps; 0 if every cloud stayed finite, else the first step (1..steps)
         after which some cloud held a NaN or Inf (that cloud is left there)."""
-        fail = self._fail.data_ptr()
-        jobs = [(fn, (*head, steps, work, fail)) for fn, head, work in self._calls]
-        run_jobs(jobs, self._workers)
-        bad = self._fail[self._fail > 0]
-        return int(bad.min()) if bad.numel() else 0
+        fail, done = self._fail.data_ptr(), 0
+        while done < steps:
+            threads, chunk = self.choice.plan(steps - done)
+            jobs = [(fn, (*head, chunk, work, fail, threads)) for fn, head, work in self._calls]
+            start = time.perf_counter()
+            self.threads_used = sum(run_jobs(jobs, self._ranges))  # by every cloud range
+            self.choice.record(threads, time.perf_counter() - start, chunk)
+            bad = self._fail[self._fail > 0]
+            if bad.numel():
+                return done + int(bad.min())
+            done += chunk
+        return 0
 
 
 def lean_stepper(

@@ -24,6 +24,7 @@
  * flush-to-zero for the whole process).
  */
 #include <math.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 
@@ -468,7 +469,7 @@ DEFINE_EXP(double, f64, exp_f64)
 DEFINE_CEILING(float, f32, exp_f32)
 DEFINE_CEILING(double, f64, exp_f64)
 
-int tokendyn_fused_abi(void) { return 4; }
+int tokendyn_fused_abi(void) { return 5; }
 int tokendyn_fused_max_dim(void) { return MAXD; }
 
 /* ---------------------------------------------------------------------------------------------
@@ -485,11 +486,70 @@ int tokendyn_fused_max_dim(void) { return MAXD; }
  * engine/integrate.py, engine/space.py and attention/softmax.py. Each head's N x N reduction is
  * tokendyn_attend_* above (q = beta Q y, kT = K y, vT = V y in the caller's workspace).
  * mats holds 4 pointers per head (Q (k,d), K (k,d), V (m,d), W (d,m) or NULL), hdims (k, m) per
- * head, beta (H, B) (one beta per head and cloud). work: 3 N d + N (2 kmax + 2 mmax + 1) values, reused for every cloud.
+ * head, beta (H, B) (one beta per head and cloud). work: 3 N d + N (2 kmax + 2 mmax + 1) values,
+ * reused for every cloud.
+ * threads > 1 splits each cloud's tokens into that many row ranges, one per thread (the caller's
+ * thread and threads - 1 started here, joined before returning): a thread computes q, kT, vT,
+ * the attention rows, F, the stage updates and the retraction of its own tokens only, and the
+ * threads meet at a barrier before a head's keys are written (every thread has finished reading
+ * the previous ones) and after (every key is there), and once per step to agree on finiteness.
+ * Every token's arithmetic is the same whatever the split, so the result is bitwise the same for
+ * every thread count: ranges start on a multiple of R, so tokendyn_attend_* groups the rows as it
+ * does for the whole cloud (a group's last key block, hence its summation order, depends on its
+ * rows under the causal mask). Causal rows cost in proportion to i + 1, so their ranges split the
+ * pairs evenly (boundaries near N sqrt(t / threads)).
+ * Returns the number of threads that ran (fewer than asked when the cloud has fewer row groups, or
+ * when no more threads could be started).
  * fail[b] = the first step (1..steps) after which cloud b holds a NaN or Inf (0: none); the cloud
  * is not advanced further. Finiteness is tested on the bits: the library is built with
  * -ffinite-math-only, under which isfinite() may be folded to true.
  * ------------------------------------------------------------------------------------------- */
+
+/* A reusable barrier for the lean driver's threads (pthread_barrier_t is missing on macOS): the
+ * last thread to arrive opens the next generation; the others spin briefly on it (a step's
+ * halves are about as long on every thread), then sleep on the condition variable, so a thread
+ * descheduled on a busy machine costs the others no CPU. */
+#define LEAN_SPINS 4000
+#define LEAN_MAX_THREADS 256
+typedef struct {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    int count, waiting, abandoned;
+    unsigned generation;
+} lean_barrier;
+
+static void lean_barrier_wait(lean_barrier *b) {
+    if (b == 0) return;
+    pthread_mutex_lock(&b->lock);
+    const unsigned generation = b->generation;
+    if (++b->waiting == b->count) {
+        b->waiting = 0;
+        __atomic_store_n(&b->generation, generation + 1, __ATOMIC_RELEASE);
+        pthread_cond_broadcast(&b->cond);
+        pthread_mutex_unlock(&b->lock);
+        return;
+    }
+    pthread_mutex_unlock(&b->lock);
+    for (int spin = 0; spin < LEAN_SPINS; ++spin) {
+        if (__atomic_load_n(&b->generation, __ATOMIC_ACQUIRE) != generation) return;
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+    }
+    pthread_mutex_lock(&b->lock);
+    while (__atomic_load_n(&b->generation, __ATOMIC_ACQUIRE) == generation)
+        pthread_cond_wait(&b->cond, &b->lock);
+    pthread_mutex_unlock(&b->lock);
+}
+
+/* One thread's share: tokens [i0, i1) of every cloud, its slot in the shared finiteness flags. */
+typedef struct {
+    lean_barrier *barrier;
+    int64_t i0, i1;
+    int slot, threads;
+    int *flags;
+} lean_part;
+
 #define DEFINE_LEAN(T, SUF, UINT, EXPMASK, SQRT)                                                 \
 static int nonfinite_##SUF(const T *p, int64_t n) {                                               \
     int bad = 0;                                                                                 \
@@ -501,11 +561,11 @@ static int nonfinite_##SUF(const T *p, int64_t n) {                             
     return bad;                                                                                  \
 }                                                                                                \
                                                                                                  \
-/* q = beta Q y, kT = K y, vT = V y for every token; D, KQ, MV compile-time where dispatched. */ \
+/* q = beta Q y, kT = K y, vT = V y for tokens [i0, i1); D, KQ, MV compile-time where dispatched. */ \
 static inline __attribute__((always_inline)) void lean_qkv_##SUF(                                \
-    const T *y, int64_t N, const int64_t D, const int64_t KQ, const int64_t MV, const T *Q,      \
-    const T *K, const T *V, T bh, T *q, T *kT, T *vT) {                                          \
-    for (int64_t i = 0; i < N; ++i) {                                                            \
+    const T *y, int64_t N, int64_t i0, int64_t i1, const int64_t D, const int64_t KQ,            \
+    const int64_t MV, const T *Q, const T *K, const T *V, T bh, T *q, T *kT, T *vT) {            \
+    for (int64_t i = i0; i < i1; ++i) {                                                          \
         const T *yi = y + i * D;                                                                 \
         for (int64_t c = 0; c < KQ; ++c) {                                                       \
             T sq = 0, sk = 0;                                                                    \
@@ -525,9 +585,9 @@ static inline __attribute__((always_inline)) void lean_qkv_##SUF(               
 }                                                                                                \
                                                                                                  \
 /* Sphere: F_i <- F_i - <F_i, y^_i> y^_i, y^_i = y_i/|y_i| (space.py's tangent projection). */    \
-static inline __attribute__((always_inline)) void lean_tangent_##SUF(const T *y, int64_t N,      \
-                                                                     const int64_t D, T *F) {    \
-    for (int64_t i = 0; i < N; ++i) {                                                            \
+static inline __attribute__((always_inline)) void lean_tangent_##SUF(                            \
+    const T *y, int64_t i0, int64_t i1, const int64_t D, T *F) {                                 \
+    for (int64_t i = i0; i < i1; ++i) {                                                          \
         const T *yi = y + i * D;                                                                 \
         T *Fi = F + i * D, n2 = 0, dot = 0;                                                      \
         for (int64_t a = 0; a < D; ++a) n2 += yi[a] * yi[a];                                     \
@@ -537,26 +597,32 @@ static inline __attribute__((always_inline)) void lean_tangent_##SUF(const T *y,
     }                                                                                            \
 }                                                                                                \
                                                                                                  \
-static void lean_field_##SUF(const T *y, int64_t N, int64_t d, int64_t H,                       \
+/* F = field(y) on the part's tokens. */                                                         \
+static void lean_field_##SUF(const lean_part *part, const T *y, int64_t N, int64_t d, int64_t H, \
                              const T *const *mats, const int64_t *hdims, const T *beta,          \
                              int64_t bstride, int causal, int unnorm, int sphere, T *q, T *kT,   \
                              T *vT, T *o, T *lse, T *F) {                                        \
-    for (int64_t i = 0; i < N * d; ++i) F[i] = 0;                                                \
+    const int64_t i0 = part->i0, i1 = part->i1;                                                  \
+    for (int64_t i = i0 * d; i < i1 * d; ++i) F[i] = 0;                                          \
     const T log_n = (T)log((double)N);                                                           \
     for (int64_t h = 0; h < H; ++h) {                                                            \
         const T *Q = mats[4 * h], *K = mats[4 * h + 1], *V = mats[4 * h + 2];                    \
         const T *W = mats[4 * h + 3];                                                            \
         const int64_t k = hdims[2 * h], m = hdims[2 * h + 1];                                    \
         const T bh = beta[h * bstride];                                                          \
-        if (d == 2 && k == 2 && m == 2) lean_qkv_##SUF(y, N, 2, 2, 2, Q, K, V, bh, q, kT, vT);    \
+        lean_barrier_wait(part->barrier); /* nobody still reads the previous keys */              \
+        if (d == 2 && k == 2 && m == 2)                                                          \
+            lean_qkv_##SUF(y, N, i0, i1, 2, 2, 2, Q, K, V, bh, q, kT, vT);                       \
         else if (d == 3 && k == 3 && m == 3)                                                     \
-            lean_qkv_##SUF(y, N, 3, 3, 3, Q, K, V, bh, q, kT, vT);                               \
+            lean_qkv_##SUF(y, N, i0, i1, 3, 3, 3, Q, K, V, bh, q, kT, vT);                       \
         else if (d == 4 && k == 4 && m == 4)                                                     \
-            lean_qkv_##SUF(y, N, 4, 4, 4, Q, K, V, bh, q, kT, vT);                               \
-        else lean_qkv_##SUF(y, N, d, k, m, Q, K, V, bh, q, kT, vT);                              \
-        tokendyn_attend_##SUF(q, kT, vT, 0, 0, N, k, m, 0, N, 0, causal, 0, 0, o,               \
-                              unnorm ? lse : 0);                                                 \
-        for (int64_t i = 0; i < N; ++i) {                                                        \
+            lean_qkv_##SUF(y, N, i0, i1, 4, 4, 4, Q, K, V, bh, q, kT, vT);                       \
+        else lean_qkv_##SUF(y, N, i0, i1, d, k, m, Q, K, V, bh, q, kT, vT);                      \
+        lean_barrier_wait(part->barrier); /* every key and value is written */                    \
+        if (i1 > i0)                                                                             \
+            tokendyn_attend_##SUF(q, kT, vT, 0, 0, N, k, m, i0, i1, 0, causal, 0, 0, o,          \
+                                  unnorm ? lse : 0);                                             \
+        for (int64_t i = i0; i < i1; ++i) {                                                      \
             T *oi = o + i * m, *Fi = F + i * d;                                                  \
             if (unnorm) {                                                                        \
                 const T z = (T)exp((double)(lse[i] - log_n));                                    \
@@ -574,64 +640,141 @@ static void lean_field_##SUF(const T *y, int64_t N, int64_t d, int64_t H,       
         }                                                                                        \
     }                                                                                            \
     if (sphere) {                                                                                \
-        if (d == 2) lean_tangent_##SUF(y, N, 2, F);                                              \
-        else if (d == 3) lean_tangent_##SUF(y, N, 3, F);                                         \
-        else if (d == 4) lean_tangent_##SUF(y, N, 4, F);                                         \
-        else lean_tangent_##SUF(y, N, d, F);                                                     \
+        if (d == 2) lean_tangent_##SUF(y, i0, i1, 2, F);                                         \
+        else if (d == 3) lean_tangent_##SUF(y, i0, i1, 3, F);                                    \
+        else if (d == 4) lean_tangent_##SUF(y, i0, i1, 4, F);                                    \
+        else lean_tangent_##SUF(y, i0, i1, d, F);                                                \
     }                                                                                            \
 }                                                                                                \
                                                                                                  \
-void tokendyn_lean_steps_##SUF(T *x, int64_t B, int64_t b_begin, int64_t b_end, int64_t N,       \
-                               int64_t d, int64_t H, const T *const *mats,                       \
-                               const int64_t *hdims, const T *beta, int causal,                  \
-                               int unnorm, int sphere, int method, double dt,                    \
-                               int64_t steps, T *work, int64_t *fail) {                          \
+typedef struct {                                                                                 \
+    lean_part part;                                                                              \
+    T *x;                                                                                        \
+    int64_t B, b_begin, b_end, N, d, H;                                                          \
+    const T *const *mats;                                                                        \
+    const int64_t *hdims;                                                                        \
+    const T *beta;                                                                               \
+    int causal, unnorm, sphere, method;                                                          \
+    double dt;                                                                                   \
+    int64_t steps;                                                                               \
+    T *work;                                                                                     \
+    int64_t *fail;                                                                               \
+} lean_job_##SUF;                                                                                \
+                                                                                                 \
+static void *lean_run_##SUF(void *arg) {                                                          \
+    const lean_job_##SUF *job = arg;                                                             \
+    const lean_part *part = &job->part;                                                          \
+    lean_barrier_wait(part->barrier); /* the start gate: every thread is running */              \
+    if (part->barrier && part->barrier->abandoned) return 0;                                     \
+    const int64_t N = job->N, d = job->d, H = job->H, B = job->B;                                \
+    const T *const *mats = job->mats;                                                            \
+    const int64_t *hdims = job->hdims;                                                           \
+    const int causal = job->causal, unnorm = job->unnorm, sphere = job->sphere;                  \
+    const int method = job->method;                                                              \
     int64_t kmax = 1, mmax = 1;                                                                  \
     for (int64_t h = 0; h < H; ++h) {                                                            \
         kmax = hdims[2 * h] > kmax ? hdims[2 * h] : kmax;                                        \
         mmax = hdims[2 * h + 1] > mmax ? hdims[2 * h + 1] : mmax;                                \
     }                                                                                            \
-    const int64_t nd = N * d;                                                                    \
-    T *y = work, *F = y + nd, *acc = F + nd, *q = acc + nd, *kT = q + N * kmax;                  \
+    const int64_t nd = N * d, r0 = part->i0 * d, r1 = part->i1 * d;                              \
+    T *y = job->work, *F = y + nd, *acc = F + nd, *q = acc + nd, *kT = q + N * kmax;             \
     T *vT = kT + N * kmax, *o = vT + N * mmax, *lse = o + N * mmax;                              \
-    const T h1 = (T)dt, h2 = (T)(0.5 * dt), h6 = (T)(dt / 6.0);                                  \
-    for (int64_t b = b_begin; b < b_end; ++b) {                                                  \
-        T *xb = x + b * nd;                                                                      \
-        const T *bb = beta + b;                                                                  \
-        fail[b] = 0;                                                                             \
-        for (int64_t s = 1; s <= steps; ++s) {                                                   \
-            lean_field_##SUF(xb, N, d, H, mats, hdims, bb, B, causal, unnorm, sphere, q, kT,    \
-                             vT, o, lse, F);                                                     \
+    const T h1 = (T)job->dt, h2 = (T)(0.5 * job->dt), h6 = (T)(job->dt / 6.0);                   \
+    for (int64_t b = job->b_begin; b < job->b_end; ++b) {                                        \
+        T *xb = job->x + b * nd;                                                                 \
+        const T *bb = job->beta + b;                                                             \
+        if (part->slot == 0) job->fail[b] = 0;                                                   \
+        for (int64_t s = 1; s <= job->steps; ++s) {                                              \
+            lean_field_##SUF(part, xb, N, d, H, mats, hdims, bb, B, causal, unnorm, sphere, q,  \
+                             kT, vT, o, lse, F);                                                 \
             if (method == 0) {                                                                   \
-                for (int64_t i = 0; i < nd; ++i) xb[i] = xb[i] + h1 * F[i];                      \
+                for (int64_t i = r0; i < r1; ++i) xb[i] = xb[i] + h1 * F[i];                     \
             } else if (method == 1) {                                                            \
-                for (int64_t i = 0; i < nd; ++i) { acc[i] = F[i]; y[i] = xb[i] + h1 * F[i]; }    \
-                lean_field_##SUF(y, N, d, H, mats, hdims, bb, B, causal, unnorm, sphere, q, kT, \
-                                 vT, o, lse, F);                                                 \
-                for (int64_t i = 0; i < nd; ++i) xb[i] = xb[i] + h2 * (acc[i] + F[i]);           \
+                for (int64_t i = r0; i < r1; ++i) { acc[i] = F[i]; y[i] = xb[i] + h1 * F[i]; }   \
+                lean_field_##SUF(part, y, N, d, H, mats, hdims, bb, B, causal, unnorm, sphere,  \
+                                 q, kT, vT, o, lse, F);                                          \
+                for (int64_t i = r0; i < r1; ++i) xb[i] = xb[i] + h2 * (acc[i] + F[i]);          \
             } else {                                                                             \
-                for (int64_t i = 0; i < nd; ++i) { acc[i] = F[i]; y[i] = xb[i] + h2 * F[i]; }    \
-                lean_field_##SUF(y, N, d, H, mats, hdims, bb, B, causal, unnorm, sphere, q, kT, \
-                                 vT, o, lse, F);                                                 \
-                for (int64_t i = 0; i < nd; ++i) { acc[i] += 2 * F[i]; y[i] = xb[i] + h2 * F[i]; } \
-                lean_field_##SUF(y, N, d, H, mats, hdims, bb, B, causal, unnorm, sphere, q, kT, \
-                                 vT, o, lse, F);                                                 \
-                for (int64_t i = 0; i < nd; ++i) { acc[i] += 2 * F[i]; y[i] = xb[i] + h1 * F[i]; } \
-                lean_field_##SUF(y, N, d, H, mats, hdims, bb, B, causal, unnorm, sphere, q, kT, \
-                                 vT, o, lse, F);                                                 \
-                for (int64_t i = 0; i < nd; ++i) xb[i] = xb[i] + h6 * (acc[i] + F[i]);           \
+                for (int64_t i = r0; i < r1; ++i) { acc[i] = F[i]; y[i] = xb[i] + h2 * F[i]; }   \
+                lean_field_##SUF(part, y, N, d, H, mats, hdims, bb, B, causal, unnorm, sphere,  \
+                                 q, kT, vT, o, lse, F);                                          \
+                for (int64_t i = r0; i < r1; ++i) { acc[i] += 2 * F[i]; y[i] = xb[i] + h2 * F[i]; } \
+                lean_field_##SUF(part, y, N, d, H, mats, hdims, bb, B, causal, unnorm, sphere,  \
+                                 q, kT, vT, o, lse, F);                                          \
+                for (int64_t i = r0; i < r1; ++i) { acc[i] += 2 * F[i]; y[i] = xb[i] + h1 * F[i]; } \
+                lean_field_##SUF(part, y, N, d, H, mats, hdims, bb, B, causal, unnorm, sphere,  \
+                                 q, kT, vT, o, lse, F);                                          \
+                for (int64_t i = r0; i < r1; ++i) xb[i] = xb[i] + h6 * (acc[i] + F[i]);          \
             }                                                                                    \
             if (sphere) {                                                                        \
-                for (int64_t i = 0; i < N; ++i) {                                                \
+                for (int64_t i = part->i0; i < part->i1; ++i) {                                  \
                     T *xi = xb + i * d, n2 = 0;                                                  \
                     for (int64_t a = 0; a < d; ++a) n2 += xi[a] * xi[a];                         \
                     const T nrm = SQRT(n2);                                                      \
                     for (int64_t a = 0; a < d; ++a) xi[a] = xi[a] / nrm;                         \
                 }                                                                                \
             }                                                                                    \
-            if (nonfinite_##SUF(xb, nd)) { fail[b] = s; break; }                                  \
+            int bad = nonfinite_##SUF(xb + r0, r1 - r0);                                         \
+            if (part->threads > 1) {                                                             \
+                part->flags[part->slot] = bad;                                                   \
+                lean_barrier_wait(part->barrier);                                                \
+                bad = 0;                                                                         \
+                for (int t = 0; t < part->threads; ++t) bad |= part->flags[t];                   \
+            }                                                                                    \
+            if (bad) {                                                                           \
+                if (part->slot == 0) job->fail[b] = s;                                           \
+                break;                                                                           \
+            }                                                                                    \
         }                                                                                        \
     }                                                                                            \
+    return 0;                                                                                    \
+}                                                                                                \
+                                                                                                 \
+int tokendyn_lean_steps_##SUF(T *x, int64_t B, int64_t b_begin, int64_t b_end, int64_t N,        \
+                              int64_t d, int64_t H, const T *const *mats,                        \
+                              const int64_t *hdims, const T *beta, int causal,                   \
+                              int unnorm, int sphere, int method, double dt,                     \
+                              int64_t steps, T *work, int64_t *fail, int threads) {              \
+    threads = threads > LEAN_MAX_THREADS ? LEAN_MAX_THREADS : threads;                           \
+    const int64_t groups = (N + R - 1) / R; /* ranges start on a multiple of R rows */           \
+    threads = threads > groups ? (int)groups : threads;                                          \
+    threads = threads < 1 ? 1 : threads;                                                         \
+    lean_job_##SUF jobs[LEAN_MAX_THREADS];                                                       \
+    pthread_t ids[LEAN_MAX_THREADS];                                                             \
+    int flags[LEAN_MAX_THREADS];                                                                 \
+    lean_barrier barrier = {.count = threads};                                                   \
+    pthread_mutex_init(&barrier.lock, 0);                                                        \
+    pthread_cond_init(&barrier.cond, 0);                                                         \
+    int started = 1;                                                                             \
+    for (;;) {                                                                                   \
+        for (int t = 0; t < threads; ++t) {                                                      \
+            const double lo = (double)t / threads, hi = (double)(t + 1) / threads;               \
+            const int64_t g0 = (int64_t)(groups * (causal ? sqrt(lo) : lo));                     \
+            const int64_t g1 = (int64_t)(groups * (causal ? sqrt(hi) : hi));                     \
+            const int64_t i0 = t == 0 ? 0 : (g0 * R < N ? g0 * R : N);                           \
+            const int64_t i1 = t == threads - 1 ? N : (g1 * R < N ? g1 * R : N);                 \
+            jobs[t] = (lean_job_##SUF){{threads > 1 ? &barrier : 0, i0, i1, t, threads, flags},  \
+                                       x, B, b_begin, b_end, N, d, H, mats, hdims, beta,         \
+                                       causal, unnorm, sphere, method, dt, steps, work, fail};   \
+        }                                                                                        \
+        for (; started < threads; ++started)                                                     \
+            if (pthread_create(&ids[started], 0, lean_run_##SUF, &jobs[started]) != 0) break;    \
+        if (started == threads) break;                                                           \
+        /* No more threads to be had: release those started (they see `abandoned` at the start   \
+         * gate and return), and take every token on this thread. */                             \
+        pthread_mutex_lock(&barrier.lock);                                                       \
+        barrier.abandoned = 1;                                                                   \
+        barrier.count = started;                                                                 \
+        pthread_mutex_unlock(&barrier.lock);                                                     \
+        lean_barrier_wait(&barrier);                                                             \
+        for (int t = 1; t < started; ++t) pthread_join(ids[t], 0);                               \
+        threads = started = 1;                                                                   \
+    }                                                                                            \
+    lean_run_##SUF(&jobs[0]);                                                                    \
+    for (int t = 1; t < threads; ++t) pthread_join(ids[t], 0);                                   \
+    pthread_cond_destroy(&barrier.cond);                                                         \
+    pthread_mutex_destroy(&barrier.lock);                                                        \
+    return threads;                                                                              \
 }
 
 DEFINE_LEAN(float, f32, uint32_t, 0x7f800000u, sqrtf)

@@ -57,6 +57,7 @@ _FLAGS = [
     "-ffinite-math-only",
     "-fPIC",
     "-shared",
+    "-pthread",
     "-mprefer-vector-width=512",
 ]
 _BUILD_LOCK = threading.Lock()
@@ -267,11 +268,11 @@ def load() -> ctypes.CDLL | None:
             + [i64] * 6
             + [pointer] * 3
             + [c_int] * 4
-            + [ctypes.c_double, i64, pointer, pointer],
+            + [ctypes.c_double, i64, pointer, pointer, c_int],
         }
         for name, argtypes in signatures.items():
             fn = getattr(lib, f"tokendyn_{name}_{suffix}")
-            fn.restype = None
+            fn.restype = c_int if name == "lean_steps" else None  # the threads that ran
             fn.argtypes = argtypes
         exp_fn = getattr(lib, f"tokendyn_exp_{suffix}")
         exp_fn.restype, exp_fn.argtypes = None, [pointer, pointer, i64]

@@ -51,10 +51,10 @@ def available_cpus() -> int:
     return max(1, cpus)
 
 
-def workers_for(pairs: int) -> int:
-    """Threads worth using for `pairs` score evaluations (1 for small work)."""
+def workers_for(pairs: int, per_thread: int = PAIRS_PER_THREAD) -> int:
+    """Threads worth using for `pairs` score evaluations: one per `per_thread` pairs, at least 1."""
     limit = max(1, min(torch.get_num_threads(), available_cpus()))
-    return max(1, min(limit, -(-pairs // PAIRS_PER_THREAD)))
+    return max(1, min(limit, -(-pairs // per_thread)))
 
 
 @cache
@@ -62,11 +62,9 @@ def _pool(workers: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tokendyn-fused")
 
 
-def run_jobs(jobs: list[tuple[Callable[..., None], tuple[Any, ...]]], workers: int) -> None:
-    """Run every job `fn(*args)`: inline for one job or one worker, else on the pool."""
+def run_jobs(jobs: list[tuple[Callable[..., Any], tuple[Any, ...]]], workers: int) -> list[Any]:
+    """Run every job `fn(*args)`: inline for one job or one worker, else on the pool; their
+    results in order."""
     if len(jobs) == 1 or workers == 1:
-        for fn, args in jobs:
-            fn(*args)
-    else:
-        for future in [_pool(workers).submit(fn, *args) for fn, args in jobs]:
-            future.result()
+        return [fn(*args) for fn, args in jobs]
+    return [future.result() for future in [_pool(workers).submit(fn, *a) for fn, a in jobs]]
