@@ -223,6 +223,7 @@ def _threads(monkeypatch, workers: int) -> None:
     """Give the lean path `workers` threads whatever the size (more than the cores is fine)."""
     monkeypatch.setenv("TOKENDYN_LEAN", "1")
     monkeypatch.setattr(stepper, "workers_for", lambda pairs, per_thread=0: workers)
+    stepper.choice_for.cache_clear()  # no timing from an earlier stepper: the split runs first
 
 
 @pytest.mark.parametrize("method", ["euler", "heun", "rk4"])
@@ -307,6 +308,24 @@ def test_thread_choice_keeps_the_faster_and_follows_a_change():
     assert plans[:3] == [(2, 5), (1, 5), (2, every * 5)]
     assert plans[3:] == [(1, 5), (2, every * 5)]
     plans.clear()
-    run(4 * every * 5, {2: 3.0, 1: 1.8})  # a busy machine: now one thread is faster
-    ones = sum(n for t, n in plans if t == 1)
-    assert ones >= 4 * every * 5 - 3 * 5 - every * 5  # after at most a probe, one thread runs
+    run(8 * every * 5, {2: 3.0, 1: 1.8})  # a busy machine: now one thread is faster
+    # The split's last three times must all be slow before it loses: three of its full calls,
+    # then only probes of it, the steps running on one thread.
+    assert [n for t, n in plans if t == 2 and n > 5] == [every * 5] * 3
+    last_full = max(i for i, (t, n) in enumerate(plans) if t == 2 and n > 5)
+    after = plans[last_full + 1 :]
+    assert all(n == 5 for t, n in after if t == 2)
+    assert sum(n for t, n in after if t == 1) >= every * sum(n for t, n in after if t == 2) / 2
+
+
+def test_steppers_of_one_shape_share_their_choice(monkeypatch):
+    _threads(monkeypatch, 2)
+    field = _field(1, False, 1, None)
+    x0 = torch.randn(1, 64, D, dtype=torch.float64)
+    a = stepper.lean_stepper(field, Sphere(D), "euler", x0, DT)
+    b = stepper.lean_stepper(field, Sphere(D), "euler", x0.clone(), DT)
+    c = stepper.lean_stepper(field, Sphere(D), "rk4", x0, DT)
+    assert a is not None and b is not None and c is not None
+    assert a.choice is b.choice and a.choice is not c.choice
+    a.advance(1)
+    assert b.choice.plan(10)[0] == 1  # a timed the split: b goes on with one thread's probe

@@ -30,6 +30,8 @@ import ctypes
 import itertools
 import os
 import time
+from collections import deque
+from functools import lru_cache
 
 import torch
 
@@ -53,26 +55,28 @@ class ThreadChoice:
     """One thread or `threads` per cloud range, whichever has taken less time per step.
 
     Steps are run in calls of `probe_steps` (about PROBE_PAIRS score pairs) until each option has
-    been timed once; then the faster (by its latest time per step, averaged with the one before)
-    runs PROBE_EVERY probes' worth of steps between two probes of the other, so a machine that
-    became busy (or idle) is followed, at a cost of at most 1/PROBE_EVERY of the difference.
-    The choice never changes a result: every split gives the same bits.
+    been timed once; then the faster (by the least time per step of its last three calls, so one
+    hiccup does not flip it and a lasting change does) runs PROBE_EVERY probes' worth of steps
+    between two probes of the other, so a machine that became busy (or idle) is followed, at a
+    cost of at most 1/PROBE_EVERY of the difference. Steppers of the same shape share one choice
+    (`choice_for`), so repeated short runs do not each pay the first probes. The choice never
+    changes a result: every split gives the same bits.
     """
 
     def __init__(self, threads: int, probe_steps: int):
         self.options = [threads, 1] if threads > 1 else [1]
         self.probe_steps = max(1, probe_steps)
-        self.cost: dict[int, float] = {}
+        self.recent: dict[int, deque[float]] = {t: deque(maxlen=3) for t in self.options}
         self.since_probe = 0
 
     def plan(self, remaining: int) -> tuple[int, int]:
         """(threads, steps) for the next call, out of `remaining` steps."""
         if len(self.options) == 1:
             return 1, remaining
-        untried = [t for t in self.options if t not in self.cost]
+        untried = [t for t in self.options if not self.recent[t]]
         if untried:
             return untried[0], min(remaining, self.probe_steps)
-        best, other = sorted(self.options, key=self.cost.__getitem__)
+        best, other = sorted(self.options, key=lambda t: min(self.recent[t]))
         between = PROBE_EVERY * self.probe_steps
         if self.since_probe >= between:
             self.since_probe = 0
@@ -82,8 +86,13 @@ class ThreadChoice:
         return best, steps
 
     def record(self, threads: int, seconds: float, steps: int) -> None:
-        per_step = seconds / steps
-        self.cost[threads] = 0.5 * (self.cost.get(threads, per_step) + per_step)
+        self.recent[threads].append(seconds / steps)
+
+
+@lru_cache(maxsize=256)
+def choice_for(shape: tuple, threads: int, probe_steps: int) -> ThreadChoice:
+    """The ThreadChoice shared by the steppers of one shape (sizes, heads, method, dtype)."""
+    return ThreadChoice(threads, probe_steps)
 
 
 def lean_enabled() -> bool:
@@ -169,7 +178,8 @@ class LeanStepper:
         threads = max(1, workers_for(B * N * N, TOKEN_PAIRS_PER_THREAD) // ranges)
         stages = {"euler": 1, "heun": 2, "rk4": 4}[method]
         probe_steps = PROBE_PAIRS // (B * N * N * len(heads) * stages)
-        self.choice = ThreadChoice(threads, probe_steps)  # per cloud range, splitting its tokens
+        shape = (B, N, d, tuple(map(tuple, self._hdims.tolist())), method, dtype, bool(field.mask))
+        self.choice = choice_for(shape, threads, probe_steps)  # per range, splitting its tokens
         bounds = [B * i // ranges for i in range(ranges + 1)]
         size = 3 * N * d + N * (2 * kmax + 2 * mmax + 1)
         self._work = torch.empty(ranges, size, dtype=dtype)
