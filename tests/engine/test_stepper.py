@@ -290,8 +290,8 @@ def test_one_token_range_overflowing_stops_every_thread(monkeypatch, method, ste
 
 def test_thread_choice_keeps_the_faster_and_follows_a_change():
     """The choice times both options on probes of `probe_steps` steps, then runs the one with
-    less time per step, timing the other once per PROBE_EVERY probes' worth of steps; when the
-    machine changes (the split gets slower), it switches."""
+    less time per step, timing the other after 1, 2, 4, … and then every PROBE_EVERY probes'
+    worth of steps; when the machine changes (the split gets slower), it switches."""
     every = stepper.PROBE_EVERY
     assert stepper.ThreadChoice(1, 5).plan(100) == (1, 100)
     choice = stepper.ThreadChoice(2, 5)
@@ -304,18 +304,20 @@ def test_thread_choice_keeps_the_faster_and_follows_a_change():
             choice.record(threads, n * seconds_per_step[threads], n)
             steps -= n
 
-    run(2 * 5 + 2 * every * 5 + 5, {2: 1.0, 1: 1.8})  # the split is faster
-    assert plans[:3] == [(2, 5), (1, 5), (2, every * 5)]
-    assert plans[3:] == [(1, 5), (2, every * 5)]
+    run(2000, {2: 1.0, 1: 1.8})  # the split is faster
+    assert plans[:2] == [(2, 5), (1, 5)]
+    gaps = [n for t, n in plans[2:] if t == 2]
+    assert gaps[:5] == [5, 10, 20, 40, 80] and set(gaps[5:-1]) == {every * 5}
+    assert all(n == 5 for t, n in plans[2:] if t == 1)  # one thread only in probes
     plans.clear()
-    run(8 * every * 5, {2: 3.0, 1: 1.8})  # a busy machine: now one thread is faster
-    # The split's last three times must all be slow before it loses: three of its full calls,
-    # then only probes of it, the steps running on one thread.
-    assert [n for t, n in plans if t == 2 and n > 5] == [every * 5] * 3
-    last_full = max(i for i, (t, n) in enumerate(plans) if t == 2 and n > 5)
-    after = plans[last_full + 1 :]
+    run(2000, {2: 3.0, 1: 1.8})  # a busy machine: now one thread is faster
+    # The split's last three times must all be slow before it loses: three of its calls, then
+    # only probes of it, every PROBE_EVERY probes' worth of steps (its gap stays at the longest).
+    full = [i for i, (t, n) in enumerate(plans) if t == 2 and n > 5]
+    assert len(full) == 3
+    after = plans[full[-1] + 1 :]
     assert all(n == 5 for t, n in after if t == 2)
-    assert sum(n for t, n in after if t == 1) >= every * sum(n for t, n in after if t == 2) / 2
+    assert set(n for t, n in after[1:-1] if t == 1) <= {every * 5}
 
 
 def test_steppers_of_one_shape_share_their_choice(monkeypatch):

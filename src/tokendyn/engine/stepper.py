@@ -56,9 +56,10 @@ class ThreadChoice:
 
     Steps are run in calls of `probe_steps` (about PROBE_PAIRS score pairs) until each option has
     been timed once; then the faster (by the least time per step of its last three calls, so one
-    hiccup does not flip it and a lasting change does) runs PROBE_EVERY probes' worth of steps
-    between two probes of the other, so a machine that became busy (or idle) is followed, at a
-    cost of at most 1/PROBE_EVERY of the difference. Steppers of the same shape share one choice
+    hiccup — a slow first call — does not decide and a lasting change does) runs 1, 2, 4, …, then
+    PROBE_EVERY probes' worth of steps between two probes of the other, so an early wrong pick is
+    undone soon and a machine that became busy (or idle) is followed, at a cost of at most
+    1/PROBE_EVERY of the difference. Steppers of the same shape share one choice
     (`choice_for`), so repeated short runs do not each pay the first probes. The choice never
     changes a result: every split gives the same bits.
     """
@@ -68,6 +69,7 @@ class ThreadChoice:
         self.probe_steps = max(1, probe_steps)
         self.recent: dict[int, deque[float]] = {t: deque(maxlen=3) for t in self.options}
         self.since_probe = 0
+        self.period = 1  # probes' worth of steps between two probes: doubles up to PROBE_EVERY
 
     def plan(self, remaining: int) -> tuple[int, int]:
         """(threads, steps) for the next call, out of `remaining` steps."""
@@ -77,9 +79,10 @@ class ThreadChoice:
         if untried:
             return untried[0], min(remaining, self.probe_steps)
         best, other = sorted(self.options, key=lambda t: min(self.recent[t]))
-        between = PROBE_EVERY * self.probe_steps
+        between = self.period * self.probe_steps
         if self.since_probe >= between:
             self.since_probe = 0
+            self.period = min(PROBE_EVERY, 2 * self.period)
             return other, min(remaining, self.probe_steps)
         steps = min(remaining, between - self.since_probe)
         self.since_probe += steps
@@ -182,7 +185,7 @@ class LeanStepper:
         self.choice = choice_for(shape, threads, probe_steps)  # per range, splitting its tokens
         bounds = [B * i // ranges for i in range(ranges + 1)]
         size = 3 * N * d + N * (2 * kmax + 2 * mmax + 1)
-        self._work = torch.empty(ranges, size, dtype=dtype)
+        self._work = torch.zeros(ranges, size, dtype=dtype)  # touched here, not in a timed call
         self._fail = torch.zeros(B, dtype=torch.int64)
         self._ranges = ranges
         fn = getattr(lib, "tokendyn_lean_steps_" + ("f32" if dtype == torch.float32 else "f64"))
