@@ -36,21 +36,30 @@ def _spin() -> None:
 
 def _per_step(field: SoftmaxAttention, x0: torch.Tensor, steps: int, mode: str) -> float:
     """Seconds per step of `mode` (best of 3, after a warm-up)."""
-    real = stepper.workers_for
+    real_workers, real_choice = stepper.workers_for, stepper.choice_for
     forced = {"one thread": 1, "split": available_cpus()}.get(mode)
     os.environ["TOKENDYN_LEAN"] = "0" if mode == "generic" else "1"
     if forced is not None:
         stepper.workers_for = lambda pairs, per_thread=0: forced
+
+        def only(shape: tuple, threads: int, probe_steps: int) -> stepper.ThreadChoice:
+            choice = stepper.ThreadChoice(threads, probe_steps)
+            choice.options = [threads]  # no probes: always this many threads
+            return choice
+
+        stepper.choice_for = only
     try:
         integrate(field, Sphere(3), x0, t_end=2 * DT, dt=DT, method="euler")
         best = float("inf")
         for _ in range(3):
             start = time.perf_counter()
-            integrate(field, Sphere(3), x0, t_end=steps * DT, dt=DT, save_every=steps)
+            integrate(
+                field, Sphere(3), x0, t_end=steps * DT, dt=DT, method="euler", save_every=steps
+            )
             best = min(best, (time.perf_counter() - start) / steps)
         return best
     finally:
-        stepper.workers_for = real
+        stepper.workers_for, stepper.choice_for = real_workers, real_choice
         os.environ.pop("TOKENDYN_LEAN")
 
 

@@ -74,7 +74,7 @@ class ThreadChoice:
     def plan(self, remaining: int) -> tuple[int, int]:
         """(threads, steps) for the next call, out of `remaining` steps."""
         if len(self.options) == 1:
-            return 1, remaining
+            return self.options[0], remaining
         untried = [t for t in self.options if not self.recent[t]]
         if untried:
             return untried[0], min(remaining, self.probe_steps)
