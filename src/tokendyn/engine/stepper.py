@@ -19,8 +19,8 @@ both (`ThreadChoice`) and keeps the faster.
 `lean_stepper` returns None — and `integrate` runs its generic torch loop, unchanged — unless every
 condition holds: a plain `SoftmaxAttention` field (no block, no layer time) on the `auto` or fused
 `tiled` backend, a `Sphere` or `Euclidean` space, a CPU float32/float64 state whose dtype the
-weights share, dimensions within the kernel's limit, no gradient needed, the fused library built,
-and the fused library built. Setting the environment variable TOKENDYN_LEAN=0 forces the generic
+weights share, dimensions within the kernel's limit, no gradient needed and the fused library
+built. Setting the environment variable TOKENDYN_LEAN=0 forces the generic
 path (tests compare the two).
 """
 
@@ -146,7 +146,7 @@ def _qualifies(field: object, space: Space, method: str, x: torch.Tensor) -> boo
 
 class LeanStepper:
     """Advances its own copy `x` (B, N, d) of the state in place, k steps per `advance(k)`;
-    `threads_used` counts the threads of the last `advance`, over all its cloud ranges."""
+    `threads_used` counts the threads of its last kernel call, over all its cloud ranges."""
 
     def __init__(
         self, field: SoftmaxAttention, space: Space, method: str, x: torch.Tensor, dt: float
