@@ -15,6 +15,11 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -331,3 +336,71 @@ def test_steppers_of_one_shape_share_their_choice(monkeypatch):
     assert a.choice is b.choice and a.choice is not c.choice
     a.advance(1)
     assert b.choice.plan(10)[0] == 1  # a timed the split: b goes on with one thread's probe
+
+
+_FAILING_PTHREAD_CREATE = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+/* pthread_create that lets SHIM_ALLOWED threads of the fused library start, then fails (EAGAIN);
+ * the library is loaded through /proc/self/fd/N, other libraries' threads are never touched. */
+typedef int (*create_fn)(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *);
+static int allowed = -1;
+int pthread_create(pthread_t *t, const pthread_attr_t *a, void *(*fn)(void *), void *arg) {
+    create_fn real = (create_fn)dlsym(RTLD_NEXT, "pthread_create");
+    Dl_info info;
+    if (dladdr((void *)fn, &info) && info.dli_fname &&
+        (strstr(info.dli_fname, "/proc/self/fd/") || strstr(info.dli_fname, "fused-"))) {
+        if (allowed < 0) allowed = atoi(getenv("SHIM_ALLOWED"));
+        if (allowed == 0) return EAGAIN;
+        --allowed;
+    }
+    return real(t, a, fn, arg);
+}
+"""
+
+_RUN_THREE_THREADS = """
+import torch
+from tokendyn.engine import stepper
+from tokendyn.engine.attention import Head, SoftmaxAttention
+from tokendyn.engine.space import Sphere
+stepper.workers_for = lambda pairs, per_thread=0: 3
+eye = torch.eye(3, dtype=torch.float64)
+field = SoftmaxAttention([Head(eye, eye, eye, 1.5)], mask="causal")
+x0 = torch.randn(1, 41, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+lean = stepper.lean_stepper(field, Sphere(3), "rk4", x0 / x0.norm(dim=-1, keepdim=True), 0.1)
+lean.advance(5)
+print(lean.threads_used, [v.hex() for v in lean.x.flatten().tolist()])
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux" or shutil.which("cc") is None, reason="LD_PRELOAD")
+def test_threads_that_cannot_start_leave_the_work_to_one_thread(tmp_path):
+    """When pthread_create fails (none or only some of the threads start), the started threads
+    are released and the caller's thread takes every token: the same bits, no deadlock."""
+    source = tmp_path / "shim.c"
+    source.write_text(_FAILING_PTHREAD_CREATE)
+    shim = tmp_path / "shim.so"
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", str(shim), str(source), "-ldl"], check=True)
+    env = {
+        **os.environ,
+        "LD_PRELOAD": str(shim),
+        "PYTHONPATH": str(Path(__file__).parents[2] / "src"),
+    }
+    results = {}
+    for allowed in (0, 1, 99):
+        run = subprocess.run(
+            [sys.executable, "-c", _RUN_THREE_THREADS],
+            env={**env, "SHIM_ALLOWED": str(allowed)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert run.returncode == 0, run.stderr
+        used, state = run.stdout.split(" ", 1)
+        results[allowed] = (int(used), state)
+    assert [results[a][0] for a in (0, 1, 99)] == [1, 1, 3]
+    assert results[0][1] == results[1][1] == results[99][1]
