@@ -5,7 +5,8 @@ per-step torch path (TOKENDYN_LEAN=0), side by side in one run.
     PYTHONPATH=src python scripts/thread_split.py 256 1024 4096          # an idle machine
     PYTHONPATH=src python scripts/thread_split.py 256 1024 4096 --busy   # one core kept busy
 
-S² with Q = K = V = I, β = 1, d = 3, dt = 0.01; each cell is the best of 3 runs of about 2·10⁷
+The workload of `tokendyn bench --small` (bench/small.py: S², Q = K = V = I, β = 1, a seeded
+uniform cloud), d = 3, dt = 0.01; each cell is the best of 3 runs of about 2·10⁷
 score pairs (`integrate`, frames at the start and the end only). `--busy` runs a spinning process
 on one core for the whole measurement: what a shared machine looks like.
 """
@@ -19,8 +20,9 @@ import time
 
 import torch
 
+from tokendyn.bench.small import field, initial_cloud
 from tokendyn.engine import stepper
-from tokendyn.engine.attention import Head, SoftmaxAttention
+from tokendyn.engine.attention import SoftmaxAttention
 from tokendyn.engine.integrate import integrate
 from tokendyn.engine.kernels.threads import available_cpus
 from tokendyn.engine.space import Sphere
@@ -34,7 +36,7 @@ def _spin() -> None:
         pass
 
 
-def _per_step(field: SoftmaxAttention, x0: torch.Tensor, steps: int, mode: str) -> float:
+def _per_step(attention: SoftmaxAttention, x0: torch.Tensor, steps: int, mode: str) -> float:
     """Seconds per step of `mode` (best of 3, after a warm-up)."""
     real_workers, real_choice = stepper.workers_for, stepper.choice_for
     forced = {"one thread": 1, "split": available_cpus()}.get(mode)
@@ -49,12 +51,12 @@ def _per_step(field: SoftmaxAttention, x0: torch.Tensor, steps: int, mode: str) 
 
         stepper.choice_for = only
     try:
-        integrate(field, Sphere(3), x0, t_end=2 * DT, dt=DT, method="euler")
+        integrate(attention, Sphere(3), x0, t_end=2 * DT, dt=DT, method="euler")
         best = float("inf")
         for _ in range(3):
             start = time.perf_counter()
             integrate(
-                field, Sphere(3), x0, t_end=steps * DT, dt=DT, method="euler", save_every=steps
+                attention, Sphere(3), x0, t_end=steps * DT, dt=DT, method="euler", save_every=steps
             )
             best = min(best, (time.perf_counter() - start) / steps)
         return best
@@ -73,17 +75,14 @@ def main() -> None:
         spinner.start()
     try:
         print(f"{'dtype':8} {'N':>6} " + " ".join(f"{m:>11}" for m in MODES) + "  (ms per step)")
-        for dtype in (torch.float64, torch.float32):
-            eye = torch.eye(3, dtype=dtype)
-            field = SoftmaxAttention([Head(eye, eye, eye, 1.0)])
+        for dtype in ("float64", "float32"):
+            attention = field(3, dtype)
             for n in args.n:
-                g = torch.Generator().manual_seed(0)
-                x0 = torch.randn(1, n, 3, generator=g, dtype=dtype)
-                x0 = x0 / x0.norm(dim=-1, keepdim=True)
+                x0 = initial_cloud(n, 3, dtype)[None]
                 steps = max(3, round(2e7 / n**2))
-                cells = [_per_step(field, x0, steps, m) * 1e3 for m in MODES]
+                cells = [_per_step(attention, x0, steps, m) * 1e3 for m in MODES]
                 row = " ".join(f"{c:11.4g}" for c in cells)
-                print(f"{str(dtype)[6:]:8} {n:6d} {row}", flush=True)
+                print(f"{dtype:8} {n:6d} {row}", flush=True)
     finally:
         if spinner is not None:
             spinner.terminate()
